@@ -1,0 +1,134 @@
+"""FusionModel: per-modality encoders -> fusion -> one or more task heads with a weighted multi-task loss."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import check_choice
+from .fusion import get_fusion
+
+HEAD_KINDS = ("binary", "multiclass", "multilabel", "regression")
+
+
+@dataclass
+class HeadSpec:
+    kind: str = "binary"
+    num_outputs: int = 1
+    weight: float = 1.0
+
+    def __post_init__(self):
+        check_choice("head kind", self.kind, HEAD_KINDS)
+
+
+def head_loss(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The natural loss of each head kind; NaN regression targets are ignored (missing labels)."""
+    if kind == "binary":
+        return F.binary_cross_entropy_with_logits(logits.reshape(-1), target.float().reshape(-1))
+    if kind == "multiclass":
+        return F.cross_entropy(logits, target.long().reshape(-1), ignore_index=-100)
+    if kind == "multilabel":
+        return F.binary_cross_entropy_with_logits(logits, target.float())
+    target = target.float().reshape(logits.shape)
+    keep = ~torch.isnan(target)
+    if not keep.any():
+        return logits.sum() * 0.0
+    return F.smooth_l1_loss(logits[keep], target[keep])
+
+
+def predict_proba(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Logits -> probabilities (binary: [B]; multiclass: [B, K]; multilabel: [B, K]; regression: values)."""
+    if kind == "binary":
+        return torch.sigmoid(logits.reshape(-1))
+    if kind == "multiclass":
+        return torch.softmax(logits, dim=-1)
+    if kind == "multilabel":
+        return torch.sigmoid(logits)
+    return logits
+
+
+def modality_dropout(present: dict[str, torch.Tensor], p: float, generator=None) -> dict[str, torch.Tensor]:
+    """Drop each present modality with probability p, but never all modalities of a sample."""
+    if p <= 0 or not present:
+        return present
+    names = list(present)
+    mask = torch.stack([present[m].bool() for m in names], dim=1)  # [B, M]
+    drop = torch.rand(mask.shape, device=mask.device, generator=generator) < p
+    kept = mask & ~drop
+    # Where everything would vanish, keep one randomly chosen present modality.
+    empty = ~kept.any(dim=1) & mask.any(dim=1)
+    if empty.any():
+        scores = torch.rand(mask.shape, device=mask.device, generator=generator).masked_fill(~mask, -1.0)
+        keep_one = F.one_hot(scores.argmax(dim=1), len(names)).bool()
+        kept = torch.where(empty.unsqueeze(1), keep_one, kept)
+    return {m: kept[:, i] for i, m in enumerate(names)}
+
+
+class FusionModel(nn.Module):
+    """LateFusion-style model over a dict of modalities; missing modalities are the normal case."""
+
+    def __init__(self, encoders: dict[str, nn.Module], heads: dict[str, HeadSpec], fusion: str | nn.Module = "attention",
+                 fusion_dim: int = 128, modality_dropout: float = 0.1, head_hidden: int = 64):
+        super().__init__()
+        if not encoders:
+            raise ValueError("FusionModel needs at least one encoder")
+        if not heads:
+            raise ValueError("FusionModel needs at least one head")
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion if isinstance(fusion, nn.Module) else get_fusion(
+            fusion, {m: e.out_dim for m, e in encoders.items()}, out_dim=fusion_dim)
+        self.head_specs = dict(heads)
+        self.heads = nn.ModuleDict({
+            name: nn.Sequential(nn.Linear(self.fusion.out_dim, head_hidden), nn.GELU(),
+                                nn.Linear(head_hidden, spec.num_outputs))
+            for name, spec in heads.items()})
+        self.modality_dropout = modality_dropout
+        self.modalities = list(encoders)
+
+    def encode(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run each encoder on the samples where its modality is present (others get zeros)."""
+        present = {m: batch["present"][m] for m in self.modalities if m in batch.get("present", {}) and m in batch}
+        if self.training and self.modality_dropout > 0:
+            present = modality_dropout(present, self.modality_dropout)
+        features = {}
+        for m in self.modalities:
+            if m not in present:
+                continue
+            mask = present[m].bool()
+            if not mask.any():
+                continue
+            x = batch[m]
+            if mask.all():
+                features[m] = self.encoders[m](x)
+            else:
+                # Encode only present rows: saves compute on big volumes and keeps BatchNorm statistics clean.
+                sub = _index(x, mask)
+                out = self.encoders[m](sub)
+                full = out.new_zeros(mask.shape[0], out.shape[1])
+                full[mask] = out
+                features[m] = full
+        if not features:
+            raise ValueError("every sample in the batch has no modality present")
+        return features, present
+
+    def forward(self, batch: dict) -> dict:
+        features, present = self.encode(batch)
+        fused = self.fusion(features, present)
+        outputs = {name: head(fused) for name, head in self.heads.items()}
+        result = {"outputs": outputs, "fused": fused, "weights": dict(getattr(self.fusion, "last_weights", {})),
+                  "present": present}
+        targets = batch.get("targets")
+        if targets:
+            losses = {name: head_loss(self.head_specs[name].kind, outputs[name], targets[name].to(fused.device))
+                      for name in self.heads if name in targets}
+            result["losses"] = losses
+            result["loss"] = sum(self.head_specs[n].weight * l for n, l in losses.items())
+        return result
+
+
+def _index(x, mask):
+    if isinstance(x, dict):
+        return {k: _index(v, mask) for k, v in x.items()}
+    return x[mask]

@@ -1,0 +1,40 @@
+"""Spreading data-sized work: ``--workers N`` processes here, ``--shard i/n`` across machines."""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence, TypeVar
+
+from .errors import UserError
+from .progress import track
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n; None -> (0, 1)."""
+    if text is None or text == "":
+        return 0, 1
+    try:
+        i_text, n_text = str(text).split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise UserError(f"--shard must look like i/n (for example 0/4); got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def shard_items(items: Sequence[T], i: int, n: int) -> list[T]:
+    """The i-th of n interleaved slices, so every shard gets a similar mix of items."""
+    return list(items[i::n])
+
+
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, description: str = "working") -> list[R]:
+    """Ordered map over a process pool (workers > 1) or inline, with a progress bar."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in track(items, description)]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(track(pool.map(fn, items), description, total=len(items)))

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from mmapps.io import atomic_dir, atomic_write_text
+from mmapps.metrics import binary_metrics, expected_calibration_error
+from mmapps.parallel import parallel_map, parse_shard, shard_items
+from mmapps.errors import UserError
+
+
+def test_ece_known_values():
+    # Perfectly calibrated in each bin -> 0; always 0.9 on a 50 % base rate -> 0.4.
+    y = np.array([1, 0] * 50)
+    assert expected_calibration_error(y, np.full(100, 0.5)) == pytest.approx(0.0)
+    assert expected_calibration_error(y, np.full(100, 0.9)) == pytest.approx(0.4)
+    assert expected_calibration_error([1, 1], [1.0, 1.0]) == pytest.approx(0.0)  # p == 1 lands in the last bin
+
+
+def test_binary_metrics_match_known_cases():
+    y = np.array([0, 0, 1, 1])
+    m = binary_metrics(y, [0.1, 0.2, 0.8, 0.9])
+    assert m["auroc"] == 1.0 and m["auprc"] == 1.0 and m["sensitivity_at_90_specificity"] == 1.0
+    assert m["brier"] == pytest.approx((0.01 + 0.04 + 0.04 + 0.01) / 4)
+    m = binary_metrics(y, [0.9, 0.8, 0.2, 0.1])
+    assert m["auroc"] == 0.0
+    assert np.isnan(binary_metrics([1, 1], [0.2, 0.3])["auroc"])
+
+
+def test_atomic_writes_leave_nothing_on_failure(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "hello")
+    assert (tmp_path / "a.txt").read_text() == "hello"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "out") as d:
+            (d / "half.txt").write_text("half")
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    with atomic_dir(tmp_path / "out") as d:
+        (d / "done.txt").write_text("ok")
+    assert (tmp_path / "out" / "done.txt").read_text() == "ok"
+
+
+def _square(x):
+    return x * x
+
+
+def test_shards_and_workers():
+    assert parse_shard("1/3") == (1, 3) and parse_shard(None) == (0, 1)
+    for bad in ("3/3", "x", "1/0", "-1/2"):
+        with pytest.raises(UserError, match="--shard"):
+            parse_shard(bad)
+    items = list(range(10))
+    parts = [shard_items(items, i, 3) for i in range(3)]
+    assert sorted(sum(parts, [])) == items
+    assert parallel_map(_square, items, workers=2) == [x * x for x in items]
