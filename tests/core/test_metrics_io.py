@@ -51,3 +51,12 @@ def test_shards_and_workers():
     parts = [shard_items(items, i, 3) for i in range(3)]
     assert sorted(sum(parts, [])) == items
     assert parallel_map(_square, items, workers=2) == [x * x for x in items]
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    atomic_write_text(tmp_path / "p.txt", "x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "p.txt").st_mode)
+    assert mode & stat.S_IRGRP  # readable by others like any normal output (mkstemp alone gives 0600)
