@@ -1,0 +1,210 @@
+"""`mmapps assistant ...`: synth, train, evaluate, understand, chat. Thin: parse, call the pipeline, print.
+Only typer and the standard library at module level (heavy imports inside commands keep --help fast)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mmapps.cli_utils import emit_json, run_command
+
+app = typer.Typer(help="Speech + text -> spoken-language understanding (transcript, intent, slots, out-of-scope, "
+                       "reply).", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+MODEL_OPT = typer.Option(None, "--model", help="checkpoint (default: the bundled SNIPS model)")
+DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu or cuda")
+
+
+def _threads():
+    if os.environ.get("MMAPPS_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["MMAPPS_THREADS"]))
+
+
+def _pipeline(model, device):
+    from mmapps.config import check_choice
+
+    check_choice("--device", device, ["auto", "cpu", "cuda"])
+    _threads()
+    from .pipeline import Pipeline
+
+    return Pipeline.from_checkpoint(model, device=device)
+
+
+@app.command()
+def synth(out: Path = typer.Argument(..., help="output folder (wav/ + manifest.jsonl)"),
+          from_: Path = typer.Option(..., "--from", help="text dataset: SNIPS folder, CLINC150 json or manifest"),
+          seed: int = typer.Option(0, "--seed"),
+          voices: str = typer.Option("en-us,en-gb,en-029", "--voices", help="comma-separated espeak-ng voices"),
+          limit: Optional[int] = typer.Option(None, "--limit", help="at most N utterances"),
+          workers: int = typer.Option(1, "--workers"),
+          shard: Optional[str] = typer.Option(None, "--shard", help="i/n: this process does the i-th of n slices"),
+          json_out: bool = typer.Option(False, "--json")):
+    """Speech for a text intent dataset via espeak-ng (16 kHz wav, ~30 dB SNR noise)."""
+    def go():
+        from mmapps.parallel import parse_shard
+
+        from .io import load_dataset
+        from .synth import synth_dataset
+
+        sh = parse_shard(shard) if shard else (0, 1)
+        if limit is not None and limit < 1:
+            raise typer.BadParameter("--limit must be >= 1")
+        examples, used = load_dataset(from_)
+        manifest = synth_dataset(examples, out, seed=seed, voices=tuple(v.strip() for v in voices.split(",") if v.strip()),
+                                 limit=limit, shard=sh, workers=workers)
+        n = sum(1 for _ in open(manifest, encoding="utf-8"))
+        return {"manifest": str(manifest), "utterances": n, "from": used}
+
+    r = run_command(go)
+    emit_json(r) if json_out else typer.echo(f"wrote {r['utterances']} utterances to {r['manifest']} (from {r['from']})")
+
+
+@app.command()
+def train(data: List[Path] = typer.Argument(..., help="SNIPS folder(s), CLINC150 json or JSON-lines manifest(s)"),
+          out: Path = typer.Option(..., "--out", help="checkpoint to write"),
+          oos_from: Optional[Path] = typer.Option(None, "--oos-from",
+                                                  help="CLINC150 json whose out-of-domain utterances train the oos class"),
+          fusion: Optional[str] = typer.Option(None, "--fusion", help="concat, weighted, gated, attention"),
+          config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML training config"),
+          set_: List[str] = typer.Option([], "--set", help="override key=value (train.* or model.*)"),
+          epochs: Optional[int] = typer.Option(None, "--epochs"),
+          seed: int = typer.Option(0, "--seed"),
+          resume: bool = typer.Option(False, "--resume"),
+          json_out: bool = typer.Option(False, "--json")):
+    """Train the speech+text SLU model with the core Trainer (works under torchrun)."""
+    def go():
+        from .train import train as run
+
+        return run(list(data), out, oos_from=oos_from, cfg_overrides=set_, config_file=config, fusion=fusion,
+                   epochs=epochs, seed=seed, resume=resume)
+
+    r = run_command(go)
+    emit_json(r) if json_out else typer.echo(f"wrote {r['model']} ({r['epochs']} epochs; last {r['last']})")
+
+
+@app.command()
+def evaluate(data: Path = typer.Argument(..., help="SNIPS folder, CLINC150 json (val + oos_val) or manifest"),
+             model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT,
+             text_only: bool = typer.Option(False, "--text-only", help="ignore audio in a manifest"),
+             shard: Optional[str] = typer.Option(None, "--shard", help="i/n slice of the dataset"),
+             workers: int = typer.Option(1, "--workers", help="(accepted for the common contract; runs in-process)"),
+             json_out: bool = typer.Option(False, "--json")):
+    """intent_accuracy, slot_f1 (CoNLL spans), sentence_accuracy, oos_recall/in_scope_accuracy, wer."""
+    def go():
+        from mmapps.parallel import parse_shard, shard_items
+
+        from .evaluate import evaluate_examples
+        from .io import load_dataset
+
+        examples, used = load_dataset(data, clinc_splits=("val", "oos_val"))
+        if shard:
+            examples = shard_items(examples, *parse_shard(shard))
+        pipe = _pipeline(model, device)
+        return {"data": used, **evaluate_examples(pipe, examples, use_audio=not text_only)}
+
+    r = run_command(go)
+    if json_out:
+        emit_json(r)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"assistant evaluate ({r['data']})")
+    t.add_column("metric")
+    t.add_column("value")
+    for k, v in r.items():
+        if k != "data":
+            t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(t)
+
+
+def _print_result(r: dict):
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=False)
+    for k in ("transcript", "intent", "confidence", "slots", "out_of_scope", "reply", "rtf"):
+        t.add_row(k, str(r.get(k)))
+    Console().print(t)
+
+
+@app.command()
+def understand(audio: Optional[Path] = typer.Option(None, "--audio", help="wav/flac/ogg (any rate) or raw with --raw"),
+               text: Optional[str] = typer.Option(None, "--text", help="typed text (alone or with --audio)"),
+               raw: bool = typer.Option(False, "--raw", help="audio is headerless 16 kHz int16"),
+               model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT,
+               json_out: bool = typer.Option(False, "--json")):
+    """{transcript, intent, confidence, slots, out_of_scope, reply, rtf} for speech and/or text."""
+    def go():
+        from mmapps.errors import UserError
+
+        if audio is None and text is None:
+            raise UserError("no input: give --audio WAV and/or --text TEXT")
+        from .io import check_text
+
+        if text is not None:
+            check_text(text)
+        if audio is not None:  # validate the audio before loading the model (fast refusal)
+            from .io import load_audio
+
+            load_audio(audio, raw=raw)
+        return _pipeline(model, device).understand(audio=audio, text=text, raw=raw)
+
+    r = run_command(go)
+    emit_json(r) if json_out else _print_result(r)
+
+
+@app.command()
+def chat(model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT):
+    """Interactive: type text or a path to a wav; 'quit' or EOF ends."""
+    import sys
+
+    from mmapps.errors import UserError
+
+    pipe = run_command(_pipeline, model, device)
+    typer.echo("say something (text or a path to a wav; 'quit' to end)", err=True)
+    for line in sys.stdin:
+        line = line.strip()
+        if line.lower() in ("quit", "exit"):
+            break
+        if not line:
+            continue
+        try:
+            p = Path(line)
+            r = pipe.understand(audio=p) if p.suffix.lower() in (".wav", ".flac", ".ogg", ".raw") else pipe.understand(text=line)
+            typer.echo(f"[{r['intent']} {r['confidence']:.2f}{' OOS' if r['out_of_scope'] else ''}] {r['reply']}"
+                       + (f"   (heard: {r['transcript']})" if p.suffix.lower() in (".wav", ".flac", ".ogg", ".raw") else ""))
+        except UserError as e:
+            typer.echo(f"error: {' '.join(str(e).split())}", err=True)
+
+
+def demo(out_dir: Path) -> dict:
+    """`mmapps demo`: the bundled model on the bundled sample wavs; writes one picture per sample."""
+    import json
+
+    from mmapps.paths import data_dir
+
+    from .pipeline import Pipeline
+    from .viz import plot_understanding
+
+    _threads()
+    samples = data_dir() / "assistant" / "samples"
+    pipe = Pipeline.from_checkpoint(None)
+    index = json.loads((samples / "samples.json").read_text(encoding="utf-8"))
+    results = []
+    for item in index:
+        from .io import load_audio
+
+        x = load_audio(samples / item["audio"])
+        r = pipe.understand(audio=x)
+        png = plot_understanding(x, r, Path(out_dir) / (Path(item["audio"]).stem + ".png"), reference=item["text"])
+        results.append({"audio": item["audio"], "said": item["text"], "transcript": r["transcript"],
+                        "intent": r["intent"], "expected_intent": item["intent"], "slots": r["slots"],
+                        "reply": r["reply"], "rtf": r["rtf"], "picture": str(png)})
+    text = pipe.understand(text="book a table for two at a sushi place in seattle tonight")
+    return {"speech": results, "text": {k: text[k] for k in ("intent", "slots", "reply", "out_of_scope")},
+            "oos_example": pipe.understand(text="what is my credit card balance")["out_of_scope"]}

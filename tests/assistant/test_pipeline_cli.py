@@ -1,0 +1,138 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from mmapps.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _stderr(r):
+    try:
+        return r.stderr
+    except ValueError:  # older click mixes the streams
+        return r.output
+
+
+def test_tiny_training_learns_and_reloads(tiny_model, tiny_manifest):
+    from assistant import Pipeline
+
+    pipe = Pipeline.from_checkpoint(tiny_model)
+    assert set(pipe.intents) == {"PlayMusic", "GetWeather"}
+    r = pipe.understand(text="what is the weather in madrid")
+    assert r["intent"] == "GetWeather" and r["transcript"] == "what is the weather in madrid" and r["rtf"] is None
+    r = pipe.understand(text="play blues by adele")
+    assert r["intent"] == "PlayMusic"
+    assert set(r) >= {"transcript", "intent", "confidence", "slots", "out_of_scope", "reply", "rtf"}
+    assert 0.0 <= r["confidence"] <= 1.0
+
+
+def test_evaluate_cli_json(tiny_model, tiny_manifest):
+    r = _run("assistant", "evaluate", tiny_manifest, "--model", tiny_model, "--json")
+    assert r.exit_code == 0, _stderr(r)
+    j = json.loads(r.stdout.strip().splitlines()[-1])
+    assert j["n"] == 60 and j["intent_accuracy"] >= 0.9 and 0.0 <= j["slot_f1"] <= 1.0
+    assert "sentence_accuracy" in j and "wer" not in j
+
+
+def test_understand_audio_and_text(tiny_model, shared_data):
+    wav = sorted((shared_data / "assistant/speech_real/pocketsphinx/cards").glob("*.wav"))[0]
+    r = _run("assistant", "understand", "--audio", wav, "--text", "ten of clubs", "--model", tiny_model, "--json")
+    assert r.exit_code == 0, _stderr(r)
+    j = json.loads(r.stdout)
+    assert isinstance(j["transcript"], str) and j["intent"] in ("PlayMusic", "GetWeather")
+    assert j["rtf"] > 0 and j["words"] == sorted(j["words"], key=lambda w: w["start"])
+
+
+@pytest.mark.parametrize("case", ["empty", "silent", "notaudio", "none", "longtext", "emptytext", "missing"])
+def test_bad_input_one_error_line_exit_2(case, tmp_path, tiny_model):
+    wav = tmp_path / "in.wav"
+    args = ["assistant", "understand", "--json", "--model", tiny_model]
+    if case == "empty":
+        wav.write_bytes(b"")
+        args += ["--audio", wav]
+    elif case == "silent":
+        sf.write(wav, np.zeros(16000), 16000)
+        args += ["--audio", wav]
+    elif case == "notaudio":
+        wav.write_text("hello, I am a text file")
+        args += ["--audio", wav]
+    elif case == "longtext":
+        args += ["--text", "play " * 300]
+    elif case == "emptytext":
+        args += ["--text", "  "]
+    elif case == "missing":
+        args += ["--audio", tmp_path / "nope.wav"]
+    r = _run(*args)
+    err = _stderr(r).strip().splitlines()
+    assert r.exit_code == 2, r.output
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    if case in ("empty", "silent", "notaudio"):
+        assert "in.wav" in err[0]
+    assert r.stdout.strip() == ""
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    r = _run("assistant", "understand", "--text", "hello", "--model", bad)
+    assert r.exit_code == 2 and "model.pt" in _stderr(r)
+
+
+def test_train_refuses_bad_fusion(tiny_manifest, tmp_path):
+    out = tmp_path / "m.pt"
+    r = _run("assistant", "train", tiny_manifest, "--out", out, "--fusion", "concatt")
+    assert r.exit_code == 2 and "concat" in _stderr(r)
+    assert not out.exists()
+
+
+def test_reply_templates():
+    from assistant.pipeline import make_reply
+
+    assert make_reply("PlayMusic", {"track": "so what", "artist": "miles davis", "service": "spotify"}) == \
+        "Playing so what by miles davis on spotify"
+    assert make_reply("PlayMusic", {"artist": "miles davis"}) == "Playing by miles davis"
+    assert make_reply("BookRestaurant", {"party_size_number": "two", "timeRange": "tonight"}) == \
+        "Booking a table for two tonight"
+    assert make_reply("myIntent", {"a": "b"}) == "OK: myIntent (a=b)"
+    assert make_reply("oos", {}) == "Sorry, I can't help with that."
+
+
+def test_chat_reads_lines_until_quit(tiny_model):
+    r = runner.invoke(app, ["assistant", "chat", "--model", str(tiny_model)],
+                      input="what is the weather in paris\n\nquit\nplay jazz by adele\n")
+    assert r.exit_code == 0
+    lines = [l for l in r.stdout.splitlines() if l.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("[GetWeather")  # stops at 'quit'
+
+
+def test_tune_threshold_respects_in_scope_floor():
+    import numpy as np
+
+    from assistant.train import tune_threshold
+
+    # class 2 = oos; in-scope samples are confident, oos samples are not
+    probs = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.5, 0.3, 0.2], [0.4, 0.4, 0.2]])
+    y = np.array([0, 1, 2, 2])
+    t = tune_threshold(probs, y, 2)
+    assert 0.5 < t <= 0.9  # rejects both oos samples and keeps both in-scope ones
+    assert tune_threshold(probs, np.array([0, 1, 0, 1]), 2) == 0.0  # no oos examples: no threshold
+
+
+def test_retune_threshold_rewrites_checkpoint(tiny_model, tiny_manifest, tmp_path):
+    import shutil
+
+    from assistant.train import retune_threshold
+    from mmapps.checkpoint import load_checkpoint
+
+    ck = tmp_path / "m.pt"
+    shutil.copy(tiny_model, ck)
+    assert retune_threshold(ck, [tiny_manifest]) == 0.0  # the tiny data has no oos class
+    assert load_checkpoint(ck)["config"]["oos_threshold"] == 0.0
