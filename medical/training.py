@@ -1,0 +1,84 @@
+"""Training on a cohort folder with the core Trainer (so `torchrun` gives DDP for free)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmapps.errors import UserError
+
+from .models import CT_WINDOW, aux_targets, build_model
+from .pipeline import RISK_THRESHOLDS, CohortDataset, _inputs, collate
+
+def split_rows(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Deterministic patient-level split (a patient never sits in both)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(rows))
+    n_val = int(round(len(rows) * val_fraction)) if len(rows) > 4 else 0
+    val = sorted(idx[:n_val].tolist())
+    train = sorted(idx[n_val:].tolist())
+    return [rows[i] for i in train], [rows[i] for i in val]
+
+
+def eval_fn(model, loader, device) -> dict:
+    """Validation metrics for the Trainer: malignancy BCE (val_loss) and AUROC."""
+    from mmapps.data import move_to
+    from mmapps.metrics import binary_metrics
+
+    ys, ps, losses = [], [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            batch = move_to(batch, device)
+            logit = model(_inputs(batch))["outputs"]["malignancy"].reshape(-1)
+            y = batch["targets"]["malignancy"].float().reshape(-1)
+            losses.append(F.binary_cross_entropy_with_logits(logit, y, reduction="sum").item())
+            ys.append(y.cpu().numpy())
+            ps.append(torch.sigmoid(logit).cpu().numpy())
+    y, p = np.concatenate(ys), np.concatenate(ps)
+    m = binary_metrics(y, p)
+    return {"val_loss": float(sum(losses) / max(len(y), 1)), "val_auroc": m["auroc"], "val_ece": m["ece"]}
+
+
+def train(data, out, config=None, overrides: list[str] | None = None, fusion: str | None = None,
+          modalities: list[str] | None = None, epochs: int | None = None, resume: bool = False,
+          workers: int | None = None, device: str | None = None) -> dict:
+    """Train a medical fusion model on a cohort folder (manifest.csv) with the core Trainer (DDP-ready)."""
+    from mmapps.config import config_to_dict, load_config
+    from mmapps.trainer import Trainer
+
+    from .models import MedicalConfig
+    from .synth import read_manifest
+
+    extra = list(overrides or [])
+    if fusion is not None:
+        extra.append(f"model.fusion='{fusion}'")
+    if modalities is not None:
+        extra.append("model.modalities=[" + ",".join(f"'{m}'" for m in modalities) + "]")
+    if epochs is not None:
+        extra.append(f"train.epochs={int(epochs)}")
+    if workers is not None:
+        extra.append(f"workers={int(workers)}")
+    if device is not None:
+        extra.append(f"train.device='{device}'")
+    cfg = load_config(MedicalConfig, config, extra)
+    root, rows = read_manifest(data)
+    if cfg.model.aux_heads and not aux_targets(rows[0]):
+        cfg.model.aux_heads = False  # own cohorts without nodule annotations: malignancy only
+    train_rows, val_rows = split_rows(rows, cfg.val_fraction, cfg.train.seed)
+    labels = {r.get("label") for r in train_rows}
+    if not labels <= {"0", "1"} or len(labels) < 2:
+        raise UserError(f"{root}: manifest labels must be 0/1 with both classes in the training split; got {sorted(labels)}")
+    train_ds = CohortDataset(root, train_rows, cfg.model, True, cfg.workers, "reading training studies")
+    val_ds = CohortDataset(root, val_rows, cfg.model, True, cfg.workers, "reading validation studies") if val_rows else None
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    model_config = {"scenario": "medical", "model": config_to_dict(cfg.model)}
+    meta = {"data": str(root), "n_train": len(train_rows), "n_val": len(val_rows),
+            "ct_window": list(CT_WINDOW), "risk_thresholds": list(RISK_THRESHOLDS)}
+    trainer = Trainer(model, cfg.train, out, meta=meta, model_config=model_config, collate_fn=collate,
+                      eval_fn=eval_fn if val_ds is not None else None)
+    history = trainer.fit(train_ds, val_ds, resume=resume)
+    best = min(history, key=lambda r: r.get("val_loss", r["train_loss"])) if history else {}
+    return {"out": str(out), "epochs_run": len(history), "n_train": len(train_rows), "n_val": len(val_rows),
+            "best": best, "config": config_to_dict(cfg)}

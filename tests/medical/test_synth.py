@@ -1,0 +1,112 @@
+"""Synthetic cohort: byte-identical with the same seed, real DICOM tags, the published clinical model."""
+import csv
+import hashlib
+import math
+
+import numpy as np
+import pytest
+
+from medical.synth import brock_plco_logit, intercept_shift, logit, sample_variables, synth_cohort
+
+SHAPE = (16, 32, 32)
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_byte_identical(tmp_path):
+    a = synth_cohort(tmp_path / "a", 3, seed=11, shape=SHAPE, mri_fraction=1.0)
+    synth_cohort(tmp_path / "b", 3, seed=11, shape=SHAPE, mri_fraction=1.0)
+    synth_cohort(tmp_path / "c", 3, seed=12, shape=SHAPE, mri_fraction=1.0)
+    assert a["patients"] == 3 and a["with_mri"] == 3
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_shards_and_workers_match_single_run(tmp_path):
+    synth_cohort(tmp_path / "one", 4, seed=5, shape=SHAPE)
+    synth_cohort(tmp_path / "sh", 4, seed=5, shape=SHAPE, shard=(0, 2))
+    synth_cohort(tmp_path / "sh", 4, seed=5, shape=SHAPE, shard=(1, 2), workers=2)
+    from medical.synth import read_manifest
+
+    _, rows_one = read_manifest(tmp_path / "one")
+    _, rows_sh = read_manifest(tmp_path / "sh")
+    assert sorted(r["patient_id"] for r in rows_sh) == [r["patient_id"] for r in rows_one]
+    for pid in ("P00000", "P00003"):
+        assert _digest(tmp_path / "one" / "patients" / pid) == _digest(tmp_path / "sh" / "patients" / pid)
+
+
+def test_dicom_tags_and_hu(tmp_path):
+    import pydicom
+
+    from medical.io import load_ct
+
+    synth_cohort(tmp_path / "c", 1, seed=2, shape=SHAPE)
+    files = sorted((tmp_path / "c" / "patients" / "P00000" / "ct").glob("*.dcm"))
+    assert len(files) == SHAPE[0]
+    ds = pydicom.dcmread(files[0])
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    assert ds.RescaleIntercept == -1024 and ds.RescaleSlope == 1
+    assert ds.SeriesInstanceUID.startswith("2.25.") and len(ds.SOPInstanceUID) <= 64
+    assert len(ds.PixelSpacing) == 2 and len(ds.ImagePositionPatient) == 3 and float(ds.SliceThickness) > 0
+    vol = load_ct(tmp_path / "c" / "patients" / "P00000" / "ct")
+    assert vol.array.shape == SHAPE and not vol.warnings
+    assert vol.array.min() < -900 and vol.array.max() > 0  # air/emphysema and soft tissue/bone
+
+
+def test_clinical_model_terms():
+    v = {"age": 62, "sex": "male", "family_history_lung_cancer": 0, "emphysema": 0, "nodule_size_mm": 4.0,
+         "nodule_type": "solid", "upper_lobe": 0, "nodule_count": 4, "spiculation": 0, "education": 4, "bmi": 27,
+         "copd": 0, "personal_cancer_history": 0, "smoking_status": "former", "cigs_per_day": 10 / 0.4021541613,
+         "smoking_years": 27, "years_quit": 10}
+    # At the reference values every term is zero except the intercept: Brock's -6.7892.
+    assert brock_plco_logit(v) == pytest.approx(-6.7892, abs=1e-4)
+    w = dict(v, spiculation=1, upper_lobe=1, sex="female")
+    assert brock_plco_logit(w) - brock_plco_logit(v) == pytest.approx(0.7729 + 0.6581 + 0.6011, abs=1e-6)
+    big = dict(v, nodule_size_mm=20.0)
+    assert brock_plco_logit(big) > brock_plco_logit(v) + 3  # size dominates
+    assert logit(v) == pytest.approx(brock_plco_logit(v) + intercept_shift())
+
+
+def test_prevalence_near_target():
+    rng = np.random.default_rng(123)
+    p = [1 / (1 + math.exp(-logit(sample_variables(rng)))) for _ in range(3000)]
+    assert 0.26 < float(np.mean(p)) < 0.34
+
+
+def test_manifest_columns(tmp_path):
+    synth_cohort(tmp_path / "c", 2, seed=4, shape=SHAPE)
+    rows = list(csv.DictReader(open(tmp_path / "c" / "manifest.csv")))
+    assert {"patient_id", "label", "oracle_probability", "nodule_size_mm", "nodule_type", "spiculation",
+            "upper_lobe", "emphysema", "nodule_count", "age", "pack_years"} <= set(rows[0])
+    for r in rows:
+        assert 0 < float(r["oracle_probability"]) < 1 and r["label"] in ("0", "1")
+
+
+def test_fhir_record_roundtrip(tmp_path):
+    from medical.io import read_record
+
+    synth_cohort(tmp_path / "c", 2, seed=4, shape=SHAPE)
+    rows = list(csv.DictReader(open(tmp_path / "c" / "manifest.csv")))
+    for r in rows:
+        fields, warnings = read_record(tmp_path / "c" / r["record"])
+        assert not warnings
+        assert fields["age"] == pytest.approx(float(r["age"]), abs=0.1)
+        assert fields["sex"] == r["sex"] and fields["smoking_status"] == r["smoking_status"]
+        assert fields["copd"] == bool(int(r["copd"]))
+        if r["smoking_status"] != "never":
+            assert fields["pack_years"] == pytest.approx(float(r["pack_years"]), abs=0.1)
+
+
+def test_existing_cohort_refused(tmp_path):
+    from mmapps.errors import UserError
+
+    synth_cohort(tmp_path / "c", 1, seed=4, shape=SHAPE)
+    with pytest.raises(UserError, match="already holds"):
+        synth_cohort(tmp_path / "c", 1, seed=4, shape=SHAPE)
