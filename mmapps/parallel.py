@@ -29,12 +29,19 @@ def shard_items(items: Sequence[T], i: int, n: int) -> list[T]:
     return list(items[i::n])
 
 
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, description: str = "working") -> list[R]:
-    """Ordered map over a process pool (workers > 1) or inline, with a progress bar."""
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, description: str = "working",
+                 chunksize: int = 1) -> list[R]:
+    """Ordered map over a process pool (workers > 1) or inline, with a progress bar.
+
+    Workers come from a fork server, not a plain fork: a child forked after torch has started its
+    OpenMP thread pool in the parent can hang. ``fn`` must therefore be importable (module level).
+    """
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         return [fn(x) for x in track(items, description)]
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(track(pool.map(fn, items), description, total=len(items)))
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        return list(track(pool.map(fn, items, chunksize=chunksize), description, total=len(items)))

@@ -60,3 +60,11 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
     atomic_write_text(tmp_path / "p.txt", "x")
     mode = stat.S_IMODE(os.stat(tmp_path / "p.txt").st_mode)
     assert mode & stat.S_IRGRP  # readable by others like any normal output (mkstemp alone gives 0600)
+
+
+def test_parallel_map_after_torch_has_run_threads():
+    # A plain fork after torch's OpenMP pool started can hang; the fork-server pool must not.
+    import torch
+
+    torch.ones(256, 256) @ torch.ones(256, 256)
+    assert parallel_map(_square, list(range(6)), workers=2, chunksize=2) == [x * x for x in range(6)]
