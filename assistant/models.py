@@ -21,6 +21,7 @@ class ModelConfig:
     word_emb: int = 64
     modality_dropout: float = 0.2
     slot_weight: float = 1.0
+    char_dim: int = 0  # > 0: a character CNN per word (open-vocabulary names) joins the token encoder
 
     def validate(self):
         from mmapps.config import check_choice
@@ -94,22 +95,54 @@ def mfcc(x: np.ndarray, n_mfcc: int = 13) -> torch.Tensor:
 
 
 # ---- the model -------------------------------------------------------------------------------------
-class TokenEncoder(nn.Module):
-    """Trainable word embedding + frozen MiniLM word vectors -> BiGRU: per-token features and a pooled vector."""
+MAX_CHARS = 20  # characters per word seen by the character CNN
 
-    def __init__(self, vocab_size: int, word_emb: int = 64, out_dim: int = 128):
+
+def char_codes(word: str) -> list[int]:
+    """A word's characters as codes 1..256 (0 pads): no vocabulary to store."""
+    return [min(ord(c), 255) + 1 for c in word[:MAX_CHARS]]
+
+
+class CharCNN(nn.Module):
+    """Character embedding -> width-3 convolution -> max over the word: a vector per word, also for unseen names."""
+
+    def __init__(self, char_dim: int = 16, out_dim: int = 64):
+        super().__init__()
+        self.embed = nn.Embedding(257, char_dim, padding_idx=0)
+        self.conv = nn.Conv1d(char_dim, out_dim, 3, padding=1)
+        self.out_dim = out_dim
+
+    def forward(self, chars):  # [B, T, L] -> [B, T, out_dim]
+        B, T, L = chars.shape
+        x = self.embed(chars.reshape(B * T, L)).transpose(1, 2)
+        h = torch.relu(self.conv(x)).masked_fill((chars.reshape(B * T, 1, L) == 0), 0.0)
+        return h.max(-1).values.reshape(B, T, -1)
+
+
+class TokenEncoder(nn.Module):
+    """Trainable word embedding (+ character CNN) + frozen MiniLM word vectors -> BiGRU: per-token features and
+    a pooled vector."""
+
+    def __init__(self, vocab_size: int, word_emb: int = 64, out_dim: int = 128, char_dim: int = 0):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, word_emb, padding_idx=0)
-        self.rnn = nn.GRU(word_emb + MINILM_DIM, out_dim // 2, batch_first=True, bidirectional=True)
+        self.chars = CharCNN(char_dim, 64) if char_dim > 0 else None
+        extra = self.chars.out_dim if self.chars is not None else 0
+        self.rnn = nn.GRU(word_emb + MINILM_DIM + extra, out_dim // 2, batch_first=True, bidirectional=True)
         self.drop = nn.Dropout(0.2)
         self.out_dim = 2 * (out_dim // 2)
 
-    def forward_tokens(self, ids, wvec):
-        h, _ = self.rnn(self.drop(torch.cat([self.embed(ids), wvec.float()], -1)))
+    def forward_tokens(self, ids, wvec, chars=None):
+        x = [self.embed(ids), wvec.float()]
+        if self.chars is not None:
+            if chars is None:
+                chars = torch.zeros(*ids.shape, 1, dtype=torch.long, device=ids.device)
+            x.append(self.chars(chars))
+        h, _ = self.rnn(self.drop(torch.cat(x, -1)))
         return h
 
-    def forward(self, ids, wvec):
-        h = self.forward_tokens(ids, wvec)
+    def forward(self, ids, wvec, chars=None):
+        h = self.forward_tokens(ids, wvec, chars)
         m = (ids != 0).unsqueeze(-1).float()
         return (h * m).sum(1) / m.sum(1).clamp(min=1), h
 
@@ -119,13 +152,13 @@ class SLUModel(nn.Module):
     "targets": {"intent" [B], "tags" [B,T]}} -> {"outputs": {"intent", "tags"}, "weights", "loss", "losses"}."""
 
     def __init__(self, vocab_size: int, n_intents: int, n_tags: int, fusion: str = "attention", dim: int = 128,
-                 word_emb: int = 64, modality_dropout: float = 0.2, slot_weight: float = 1.0):
+                 word_emb: int = 64, modality_dropout: float = 0.2, slot_weight: float = 1.0, char_dim: int = 0):
         super().__init__()
         from mmapps.encoders import get_encoder
         from mmapps.fusion import get_fusion
 
         self.sentence = nn.Sequential(nn.Linear(MINILM_DIM, dim), nn.GELU(), nn.Dropout(0.1), nn.Linear(dim, dim))
-        self.tokens = TokenEncoder(vocab_size, word_emb, dim)
+        self.tokens = TokenEncoder(vocab_size, word_emb, dim, char_dim)
         self.audio = get_encoder("audio", n_mels=N_MELS, out_dim=dim, width=16)
         self.fusion = get_fusion(fusion, {"sentence": dim, "tokens": self.tokens.out_dim, "audio": self.audio.out_dim},
                                  out_dim=dim)
@@ -145,7 +178,7 @@ class SLUModel(nn.Module):
             drop_text = both & (r < self.modality_dropout / 2)
             drop_audio = both & (r >= self.modality_dropout / 2) & (r < self.modality_dropout)
             text_p, audio_p = text_p & ~drop_text, audio_p & ~drop_audio
-        pooled, tok = self.tokens(batch["ids"], batch["wvec"])
+        pooled, tok = self.tokens(batch["ids"], batch["wvec"], batch.get("chars"))
         feats = {"sentence": self.sentence(batch["sent"]), "tokens": pooled}
         pres = {"sentence": text_p, "tokens": text_p, "audio": audio_p}
         # the CNN runs only on the samples that have audio (most text-only batches skip it)
@@ -175,13 +208,16 @@ def build_model(config: dict) -> SLUModel:
     m = config["model"]
     return SLUModel(vocab_size=len(config["vocab"]), n_intents=len(config["intents"]), n_tags=len(config["tags"]),
                     fusion=m["fusion"], dim=m["dim"], word_emb=m["word_emb"],
-                    modality_dropout=m["modality_dropout"], slot_weight=m["slot_weight"])
+                    modality_dropout=m["modality_dropout"], slot_weight=m["slot_weight"],
+                    char_dim=m.get("char_dim", 0))
 
 
 def collate(samples: list[dict]) -> dict:
     """Pad tokens, word vectors and log-mels; present masks for text and audio."""
     B = len(samples)
     T = max(1, max(len(s["ids"]) for s in samples))
+    L = max([len(c) for s in samples for c in (s.get("chars") or [])] or [1])
+    chars = torch.zeros(B, T, L, dtype=torch.long)
     F = max([s["mel"].shape[1] for s in samples if s.get("mel") is not None] or [8])
     ids = torch.zeros(B, T, dtype=torch.long)
     wvec = torch.zeros(B, T, MINILM_DIM, dtype=torch.float16)
@@ -194,6 +230,8 @@ def collate(samples: list[dict]) -> dict:
         n = len(s["ids"])
         if n:
             ids[b, :n] = torch.as_tensor(s["ids"])
+            for j, c in enumerate((s.get("chars") or [])[:n]):
+                chars[b, j, :len(c)] = torch.as_tensor(c, dtype=torch.long)
             wvec[b, :n] = s["wvec"]
             sent[b] = s["sent"]
             tp[b] = True
@@ -204,7 +242,7 @@ def collate(samples: list[dict]) -> dict:
             ap[b] = True
         if s.get("intent") is not None:
             intent[b] = s["intent"]
-    batch = {"ids": ids, "wvec": wvec, "sent": sent, "mel": mel, "present": {"text": tp, "audio": ap},
+    batch = {"ids": ids, "wvec": wvec, "chars": chars, "sent": sent, "mel": mel, "present": {"text": tp, "audio": ap},
              "meta": [s.get("meta", {}) for s in samples]}
     if any(s.get("intent") is not None for s in samples):
         batch["targets"] = {"intent": intent, "tags": tags}
@@ -213,3 +251,35 @@ def collate(samples: list[dict]) -> dict:
 
 def default_config() -> dict:
     return asdict(ModelConfig())
+
+
+def bio_viterbi(logits: torch.Tensor, tags: list[str], lengths: list[int]) -> list[list[int]]:
+    """Most probable tag sequence under BIO constraints (no I-X unless it follows B-X or I-X), from per-token
+    log-probabilities. logits [B, T, n_tags] -> one list of tag indices per sample (its length)."""
+    lp = torch.log_softmax(logits.float(), -1)
+    n = len(tags)
+    allowed = torch.ones(n, n, dtype=torch.bool)  # allowed[prev, cur]
+    start = torch.ones(n, dtype=torch.bool)
+    for j, t in enumerate(tags):
+        if t.startswith("I-"):
+            start[j] = False
+            for i, u in enumerate(tags):
+                allowed[i, j] = u[2:] == t[2:] and u[:2] in ("B-", "I-")
+    trans = torch.where(allowed, 0.0, -1e4).to(lp.device)
+    out = []
+    for b, L in enumerate(lengths):
+        if L == 0:
+            out.append([])
+            continue
+        score = lp[b, 0] + torch.where(start, 0.0, -1e4).to(lp.device)
+        back = []
+        for t in range(1, L):
+            cand = score.unsqueeze(1) + trans  # [prev, cur]
+            best, arg = cand.max(0)
+            back.append(arg)
+            score = best + lp[b, t]
+        seq = [int(score.argmax())]
+        for arg in reversed(back):
+            seq.append(int(arg[seq[-1]]))
+        out.append(seq[::-1])
+    return out

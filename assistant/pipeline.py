@@ -14,7 +14,7 @@ import torch
 from mmapps.errors import UserError
 
 from .io import OOS, SAMPLE_RATE, check_text, decode_audio, load_audio, spans, tokenize
-from .models import TextEmbedder, build_model, collate, log_mel
+from .models import TextEmbedder, bio_viterbi, build_model, char_codes, collate, log_mel
 
 # "[...]" groups are dropped when a slot inside them is empty, so replies read well with partial slots
 REPLIES = {
@@ -147,7 +147,8 @@ def featurize(token_lists: list[list[str]], vocab: dict[str, int], embedder: Tex
     out = []
     for i, toks in enumerate(token_lists):
         toks = toks[:64]
-        out.append({"ids": [vocab.get(w, 1) for w in toks], "wvec": words[i][:len(toks)], "sent": sent[i]})
+        out.append({"ids": [vocab.get(w, 1) for w in toks], "wvec": words[i][:len(toks)], "sent": sent[i],
+                    "chars": [char_codes(w) for w in toks]})
     return out
 
 
@@ -213,12 +214,13 @@ class Pipeline:
 
             out = self.model(move_to(batch, self.device))
             probs = torch.softmax(out["outputs"]["intent"].float(), -1).cpu()
-            tags = out["outputs"]["tags"].argmax(-1).cpu()
+            lengths = [len((token_lists[i] or [])[:64]) for i in range(s, s + len(items))]
+            tags = bio_viterbi(out["outputs"]["tags"].cpu(), self.tags, lengths)
             weights = {k: v.detach().cpu() for k, v in (out.get("weights") or {}).items()}
             for b, item in enumerate(items):
                 i = s + b
                 toks = (token_lists[i] or [])[:64]
-                results.append(self._decode(probs[b], [self.tags[t] for t in tags[b, :len(toks)].tolist()], toks,
+                results.append(self._decode(probs[b], [self.tags[t] for t in tags[b]], toks,
                                             {k: float(v[b]) for k, v in weights.items()}))
         return results
 

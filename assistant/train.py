@@ -14,7 +14,7 @@ import torch
 from mmapps.errors import UserError
 
 from .io import OOS, load_audio, load_dataset, read_clinc
-from .models import ModelConfig, SLUModel, collate, log_mel
+from .models import ModelConfig, SLUModel, bio_viterbi, collate, log_mel
 
 # CLINC150 intents that belong to the SNIPS domain: not out-of-scope for a SNIPS model, so left out
 SNIPS_OVERLAP = {"weather", "play_music", "restaurant_reservation", "restaurant_suggestion", "restaurant_reviews",
@@ -36,7 +36,7 @@ class SLUDataset(torch.utils.data.Dataset):
         s = self.samples[i]
         if self.word_dropout and s["ids"]:
             keep = torch.rand(len(s["ids"])) >= self.word_dropout
-            s = {**s, "ids": [w if k else 1 for w, k in zip(s["ids"], keep.tolist())]}
+            s = {**s, "ids": [w if k else 1 for w, k in zip(s["ids"], keep.tolist())]}  # chars are kept
         return s
 
 
@@ -61,11 +61,11 @@ def _eval_fn(intents, tags):
             out = model(move_to(batch, device))
             yp += out["outputs"]["intent"].argmax(-1).tolist()
             yt += batch["targets"]["intent"].tolist()
-            pt = out["outputs"]["tags"].argmax(-1).cpu()
-            for b in range(len(batch["ids"])):
-                n = int((batch["ids"][b] != 0).sum())
+            lengths = [int((batch["ids"][b] != 0).sum()) for b in range(len(batch["ids"]))]
+            pt = bio_viterbi(out["outputs"]["tags"].cpu(), tags, lengths)
+            for b, n in enumerate(lengths):
                 tt.append([tags[t] for t in batch["targets"]["tags"][b, :n].tolist()])
-                tp.append([tags[t] for t in pt[b, :n].tolist()])
+                tp.append([tags[t] for t in pt[b]])
         acc = float(np.mean(np.array(yt) == np.array(yp)))
         f1 = slot_f1(tt, tp)["f1"]
         return {"intent_accuracy": acc, "slot_f1": f1, "score": (acc + f1) / 2}
@@ -162,7 +162,7 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
 
     torch.manual_seed(tcfg.seed)
     model = SLUModel(len(vocab), len(intents), len(tags), fusion=mcfg.fusion, dim=mcfg.dim, word_emb=mcfg.word_emb,
-                     modality_dropout=mcfg.modality_dropout, slot_weight=mcfg.slot_weight)
+                     modality_dropout=mcfg.modality_dropout, slot_weight=mcfg.slot_weight, char_dim=mcfg.char_dim)
     meta = {"trained_on": used, "n_train": len(tr), "n_val": len(val)}
     trainer = Trainer(model, tcfg, out, meta=meta, model_config=config, collate_fn=collate,
                       eval_fn=_eval_fn(intents, tags) if val else None, quiet=quiet)
