@@ -246,22 +246,10 @@ def ct_to_mri(ct: np.ndarray, rng: np.random.Generator, out_shape=(32, 64, 64)) 
 # Cohort
 # ----------------------------------------------------------------------------------------------------
 def process_map(fn, items, workers: int = 1, description: str = "working") -> list:
-    """Ordered map over worker processes started by a fork server.
+    """Ordered map over fork-server worker processes (the core's parallel_map), two items per task."""
+    from mmapps.parallel import parallel_map
 
-    The core's parallel_map forks; a child forked after torch has run its OpenMP pool in the parent can
-    hang, so the medical package starts clean workers instead.
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from mmapps.progress import track
-
-    items = list(items)
-    if workers <= 1 or len(items) <= 1:
-        return [fn(x) for x in track(items, description)]
-    ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        return list(track(pool.map(fn, items, chunksize=2), description, total=len(items)))
+    return parallel_map(fn, items, workers, description, chunksize=2)
 
 
 def _uid_root(seed: int, index: int, what: str) -> str:
