@@ -1,6 +1,7 @@
 import io
 
 import numpy as np
+import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,9 +17,11 @@ def _wav(n=4000):
 
 
 WAV = _wav()
+# hangs are caught by the per-test timeout, not by hypothesis deadlines (which fail on a busy machine)
+pytestmark = pytest.mark.timeout(300)
 
 
-@settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=4096), st.booleans())
 def test_random_bytes_never_crash(data, raw):
     try:
@@ -28,7 +31,7 @@ def test_random_bytes_never_crash(data, raw):
         assert "fuzz.wav" in str(e)
 
 
-@settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, len(WAV) - 1), st.integers(0, 255)), min_size=1, max_size=8),
        st.integers(8, len(WAV)))
 def test_mutated_wav_never_crash(edits, cut):
@@ -43,7 +46,7 @@ def test_mutated_wav_never_crash(edits, cut):
         assert "mut.wav" in str(e)
 
 
-@settings(max_examples=100, deadline=500)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=1200))
 def test_text_checks_never_crash(text):
     try:
