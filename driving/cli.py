@@ -59,7 +59,7 @@ def synth(out: Path = typer.Argument(..., help="output dataset root (training/ i
 @app.command()
 def train(data: Path = typer.Argument(..., help="KITTI folder with training/{velodyne,image_2,label_2,calib}"),
           out: Path = typer.Option(..., "--out", help="checkpoint to write"),
-          config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML with [train] and [model] sections"),
+          config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML with train and model sections"),
           set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. train.epochs=5 or model.fusion=weighted"),
           fusion: Optional[str] = typer.Option(None, "--fusion", help="concat, weighted, gated, attention, ..."),
           epochs: Optional[int] = typer.Option(None, "--epochs"),
