@@ -96,6 +96,18 @@ def tune_threshold(probs: np.ndarray, y: np.ndarray, oos_idx: int | None, min_in
     return chosen
 
 
+@torch.no_grad()
+def _tune_on(model, val: list[dict], intents: list[str]) -> float:
+    """The OOS threshold from the model's intent probabilities on the validation samples."""
+    model.eval()
+    probs, ys = [], []
+    for i in range(0, len(val), 256):
+        b = collate(val[i:i + 256])
+        probs.append(torch.softmax(model(b)["outputs"]["intent"], -1).numpy())
+        ys += b["targets"]["intent"].tolist()
+    return tune_threshold(np.concatenate(probs), np.array(ys), intents.index(OOS) if OOS in intents else None)
+
+
 def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None, config_file=None,
           fusion: str | None = None, epochs: int | None = None, val_fraction: float = 0.1, seed: int = 0,
           resume: bool = False, quiet: bool = False, oos_limit: int = 4000) -> dict:
@@ -172,15 +184,7 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
     bundle = load_checkpoint(out)
     if val and trainer.dist.is_main:
         model.load_state_dict(bundle["state_dict"])
-        model.eval()
-        probs, ys = [], []
-        with torch.no_grad():
-            for i in range(0, len(val), 256):
-                b = collate(val[i:i + 256])
-                probs.append(torch.softmax(model(b)["outputs"]["intent"], -1).numpy())
-                ys += b["targets"]["intent"].tolist()
-        probs = np.concatenate(probs)
-        thr = tune_threshold(probs, np.array(ys), intents.index(OOS) if OOS in intents else None)
+        thr = _tune_on(model, val, intents)
         cfg = dict(bundle["config"]) if bundle["config"] else config
         cfg["oos_threshold"] = thr
         meta["history"] = history
@@ -219,14 +223,7 @@ def retune_threshold(checkpoint, data: list, oos_from=None, oos_limit: int = 400
         val.append(s)
     model = build_model(cfg)
     model.load_state_dict(bundle["state_dict"])
-    model.eval()
-    probs, ys = [], []
-    with torch.no_grad():
-        for i in range(0, len(val), 256):
-            b = collate(val[i:i + 256])
-            probs.append(torch.softmax(model(b)["outputs"]["intent"], -1).numpy())
-            ys += b["targets"]["intent"].tolist()
-    thr = tune_threshold(np.concatenate(probs), np.array(ys), intents.index(OOS) if OOS in intents else None)
+    thr = _tune_on(model, val, intents)
     cfg = {**cfg, "oos_threshold": thr}
     save_checkpoint(checkpoint, bundle["state_dict"], cfg, bundle.get("meta"))
     return thr
