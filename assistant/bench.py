@@ -94,12 +94,9 @@ def run_bench(quick: bool = False) -> dict:
     from .synth import HELDOUT_VOICES, espeak_available, synth_dataset
     from .train import SNIPS_OVERLAP
 
-    import os
+    from mmapps.device import apply_thread_limit
 
-    if os.environ.get("MMAPPS_THREADS"):
-        import torch
-
-        torch.set_num_threads(int(os.environ["MMAPPS_THREADS"]))
+    apply_thread_limit()
     A = _shared()
     pipe = Pipeline.from_checkpoint(None)
     res: dict = {"quick": quick}

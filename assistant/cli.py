@@ -2,13 +2,13 @@
 Only typer and the standard library at module level (heavy imports inside commands keep --help fast)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from mmapps.cli_utils import emit_json, run_command
+from mmapps.device import apply_thread_limit
 
 app = typer.Typer(help="Speech + text -> spoken-language understanding (transcript, intent, slots, out-of-scope, "
                        "reply).", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -17,18 +17,11 @@ MODEL_OPT = typer.Option(None, "--model", help="checkpoint (default: the bundled
 DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu or cuda")
 
 
-def _threads():
-    if os.environ.get("MMAPPS_THREADS"):
-        import torch
-
-        torch.set_num_threads(int(os.environ["MMAPPS_THREADS"]))
-
-
 def _pipeline(model, device):
     from mmapps.config import check_choice
 
     check_choice("--device", device, ["auto", "cpu", "cuda"])
-    _threads()
+    apply_thread_limit()
     from .pipeline import Pipeline
 
     return Pipeline.from_checkpoint(model, device=device)
@@ -191,7 +184,7 @@ def demo(out_dir: Path) -> dict:
     from .pipeline import Pipeline
     from .viz import plot_understanding
 
-    _threads()
+    apply_thread_limit()
     samples = data_dir() / "assistant" / "samples"
     pipe = Pipeline.from_checkpoint(None)
     index = json.loads((samples / "samples.json").read_text(encoding="utf-8"))

@@ -3,7 +3,6 @@ The out-of-scope class is learned from real out-of-domain queries (CLINC150) and
 is tuned on the held-out validation split (never on dev/test)."""
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -117,8 +116,9 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
 
     from .pipeline import build_lm_text, cache_dir, featurize
 
-    if os.environ.get("MMAPPS_THREADS"):  # a shared, oversubscribed CPU trains much faster on 1 thread
-        torch.set_num_threads(int(os.environ["MMAPPS_THREADS"]))
+    from mmapps.device import apply_thread_limit
+
+    apply_thread_limit()
 
     overrides = list(cfg_overrides or [])
     mcfg_over = [o[len("model."):] for o in overrides if o.startswith("model.")]
