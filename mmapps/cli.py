@@ -1,12 +1,9 @@
-"""The root `mmapps` command: info, demo, bench, and the scenario sub-apps.
-
-Only this module imports the scenario packages. Heavy libraries are imported inside commands so that
-`mmapps --help` answers quickly.
+"""The root `mmapps` command: info, demo, bench, and the scenario sub-apps, all iterating over the scenario
+registry (mmapps.scenarios). Only this module mounts the scenario packages. Heavy libraries are imported inside
+commands so that `mmapps --help` answers quickly.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -14,9 +11,8 @@ from typing import Optional
 
 import typer
 
-from .cli_utils import _error_line_group, emit_json, fail, run_command
-
-SCENARIOS = ("medical", "driving", "assistant")
+from .cli_utils import _error_line_group, emit_json, fail, print_table, run_command
+from .scenarios import get_scenario, list_scenarios
 
 app = typer.Typer(cls=_error_line_group(), no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
@@ -24,13 +20,8 @@ app = typer.Typer(cls=_error_line_group(), no_args_is_help=True, add_completion=
                        "assistant (speech + text), on one shared fusion core.")
 
 
-def _available(name: str) -> bool:
-    return importlib.util.find_spec(f"{name}.cli") is not None
-
-
-for _name in SCENARIOS:
-    if _available(_name):
-        app.add_typer(importlib.import_module(f"{_name}.cli").app, name=_name)
+for _name in list_scenarios():
+    app.add_typer(get_scenario(_name).app, name=_name)
 
 
 @app.command()
@@ -53,7 +44,7 @@ def info(json_out: bool = typer.Option(False, "--json", help="machine-readable o
     device = {"cuda": torch.cuda.is_available(), "cpu_threads": torch.get_num_threads(),
               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     models = []
-    for scenario in SCENARIOS:
+    for scenario in list_scenarios():
         path = data_dir() / scenario / "model.pt"
         card = data_dir() / scenario / "MODEL_CARD.md"
         summary = None
@@ -91,18 +82,15 @@ def demo(out: Path = typer.Option(Path("demo_out"), "--out", help="folder for th
          only: Optional[str] = typer.Option(None, "--only", help="comma-separated scenarios to run"),
          json_out: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Run every scenario on its bundled sample with its bundled model; print results, write pictures."""
-    chosen = [s.strip() for s in only.split(",")] if only else [s for s in SCENARIOS if _available(s)]
+    chosen = [s.strip() for s in only.split(",")] if only else list_scenarios()
     for s in chosen:
-        if s not in SCENARIOS:
-            fail(f"--only: unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
+        if s not in list_scenarios():
+            fail(f"--only: unknown scenario {s!r}; choose from {', '.join(list_scenarios())}")
     results, failed = {}, []
     for s in chosen:
-        module = importlib.import_module(f"{s}.cli")
-        if not hasattr(module, "demo"):
-            continue
         t0 = time.perf_counter()
         try:
-            summary = run_command(module.demo, out / s)
+            summary = run_command(get_scenario(s).demo, out / s)
             results[s] = {"ok": True, "seconds": round(time.perf_counter() - t0, 2), "result": summary}
         except typer.Exit:
             failed.append(s)
@@ -122,39 +110,23 @@ def demo(out: Path = typer.Option(Path("demo_out"), "--out", help="folder for th
 
 
 @app.command()
-def bench(scenario: str = typer.Argument(..., help="medical, driving or assistant"),
+def bench(scenario: str = typer.Argument(..., help="a registered scenario: medical, driving or assistant"),
           quick: bool = typer.Option(False, "--quick", help="smaller sets: a smoke run, not the reported numbers"),
-          json_out: bool = typer.Option(False, "--json", help="machine-readable output")):
-    """The scenario benchmark of DESIGN section 5 (accuracy and speed against the targets)."""
-    if scenario not in SCENARIOS:
-        from .errors import suggest
-
-        fail(f"SCENARIO must be one of {', '.join(SCENARIOS)}; got {scenario!r}{suggest(scenario, SCENARIOS)}")
-    if importlib.util.find_spec(f"{scenario}.bench") is None:
-        fail(f"no benchmark is available for {scenario} in this installation")
-    module = importlib.import_module(f"{scenario}.bench")
-    result = run_command(module.run_bench, quick=quick)
+          json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+          markdown: bool = typer.Option(False, "--markdown", help="the README table (markdown) on stdout")):
+    """The scenario benchmark of DESIGN section 5: rows {metric, measured, target, met}."""
+    spec = run_command(get_scenario, scenario)
+    report = run_command(spec.bench, quick=quick)
     if json_out:
-        emit_json(result)
-        return
-    from rich.console import Console
-    from rich.table import Table
+        emit_json(report.to_dict())
+    elif markdown:
+        typer.echo(report.to_markdown())
+    else:
+        from .bench import format_value
 
-    rows = result.get("table", [])
-    table = Table(title=f"mmapps bench {scenario}")
-    if rows and isinstance(rows[0], dict):
-        cols = list(dict.fromkeys(k for r in rows for k in r))
-        for c in cols:
-            table.add_column(str(c))
-        for r in rows:
-            table.add_row(*[_fmt(r.get(c)) for c in cols])
-    Console().print(table)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "-" if v is None else str(v)
+        rows = [{"metric": r.metric, "measured": format_value(r.measured), "target": r.target,
+                 "met": "" if r.met is None else ("met" if r.met else "missed")} for r in report.rows]
+        print_table(rows, title=f"mmapps bench {scenario} — {report.dataset} (seed {report.seed})")
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -151,7 +151,74 @@ def _error_line_group():
     return ErrorLineGroup
 
 
+# -- shared option aliases: every scenario's commands spell these the same way ---------------------------------
+def _options():
+    import typer
+
+    return {
+        "model": typer.Option(None, "--model", help="checkpoint file (default: the bundled model of this scenario)"),
+        "device": typer.Option("auto", "--device", help="auto, cpu or cuda"),
+        "json": typer.Option(False, "--json", help="machine-readable JSON on stdout (JSON lines for several items)"),
+        "out": typer.Option(None, "--out", help="output folder"),
+        "workers": typer.Option(1, "--workers", min=1, help="worker processes on this machine"),
+        "shard": typer.Option(None, "--shard", help="i/n: this process does the i-th of n slices (cluster jobs)"),
+    }
+
+
 def __getattr__(name):
+    """MODEL_OPT, DEVICE_OPT, JSON_OPT, OUT_OPT, WORKERS_OPT, SHARD_OPT: typer.Option defaults, built lazily."""
     if name == "ErrorLineGroup":
         return _error_line_group()
+    if name.endswith("_OPT") and name[:-4].lower() in _options():
+        return _options()[name[:-4].lower()]
     raise AttributeError(name)
+
+
+def check_output_dir(path) -> "Path":
+    """An output folder we can write into: refuse an existing file or an unwritable place before any work."""
+    import os
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is a file; the output must be a folder")
+    parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write here (no permission in {parent})")
+    return path
+
+
+def check_output_file(path) -> "Path":
+    """An output file we can write: refuse a folder, a file inside a file, or an unwritable folder up front."""
+    import os
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a file name")
+    for p in path.parents:
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{path}: {p} is a file, not a folder")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise UserError(f"{path}: cannot write here (no permission in {p})")
+            break
+    return path
+
+
+def print_table(rows: list[dict], title: str | None = None) -> None:
+    """Results on stdout as a rich table (progress and warnings go to stderr)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    for c in cols:
+        t.add_column(str(c))
+    for r in rows:
+        t.add_row(*[_cell(r.get(c)) for c in cols])
+    Console().print(t)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)

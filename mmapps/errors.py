@@ -24,3 +24,7 @@ def check_choice(param: str, value, choices) -> None:
         raise UserError(
             f"{param} must be one of {', '.join(map(str, choices))}; got {value!r}{suggest(value, choices)}"
         )
+
+
+class ModelError(UserError):
+    """The model produced something unusable (NaN, inf) for this input: a damaged checkpoint or input."""

@@ -15,7 +15,7 @@ def masked_contributions(model, batch: dict, head: str, index: int | None = None
     was_training = model.training
     model.eval()
     try:
-        kind = model.head_specs[head].kind
+        kind = getattr(model.heads[head], "kind", "binary")
 
         def prob(present):
             out = model({**batch, "present": present})["outputs"][head]

@@ -1,4 +1,17 @@
-"""FusionModel: per-modality encoders -> fusion -> one or more task heads with a weighted multi-task loss."""
+"""FusionModel: per-modality encoders -> fusion -> one or more task heads with a weighted multi-task loss.
+
+In the shape of TorchMultimodal's ``LateFusion(encoders, fusion, head)`` over dicts of modalities, except that
+missing modalities are the normal case. Heads are injectable:
+
+- a :class:`HeadSpec` builds the default MLP head on the fused vector (binary / multiclass / multilabel /
+  regression), with the natural loss of its kind;
+- any ``nn.Module`` can be a head. It is called as ``head(fused, context)`` where ``context`` holds, per
+  modality, what the encoder returned (an encoder may return a dict with ``"pooled"`` [B, D] for fusion plus
+  e.g. ``"sequence"`` [B, T, D] for a token head), the ``present`` masks and the batch. It computes its own loss
+  with ``head.loss(output, target, context)`` and has a ``weight`` attribute (default 1.0).
+
+Modality dropout lives here only (training mode), never in a scenario.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,10 +79,26 @@ def modality_dropout(present: dict[str, torch.Tensor], p: float, generator=None)
     return {m: kept[:, i] for i, m in enumerate(names)}
 
 
+class MLPHead(nn.Sequential):
+    """The default head: Linear -> GELU -> Linear on the fused vector (a Sequential, so state keys stay 0/2)."""
+
+    def __init__(self, in_dim: int, spec: HeadSpec, hidden: int = 64):
+        super().__init__(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, spec.num_outputs))
+        self.kind = spec.kind
+        self.weight = spec.weight
+
+    def forward(self, fused, context=None):  # noqa: D401 - Sequential.forward with a context it ignores
+        return super().forward(fused)
+
+    def loss(self, output, target, context=None):
+        return head_loss(self.kind, output, target)
+
+
 class FusionModel(nn.Module):
     """LateFusion-style model over a dict of modalities; missing modalities are the normal case."""
 
-    def __init__(self, encoders: dict[str, nn.Module], heads: dict[str, HeadSpec], fusion: str | nn.Module = "attention",
+    def __init__(self, encoders: dict[str, nn.Module], heads: dict[str, HeadSpec | nn.Module],
+                 fusion: str | nn.Module = "attention",
                  fusion_dim: int = 128, modality_dropout: float = 0.1, head_hidden: int = 64):
         super().__init__()
         if not encoders:
@@ -79,16 +108,20 @@ class FusionModel(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion if isinstance(fusion, nn.Module) else get_fusion(
             fusion, {m: e.out_dim for m, e in encoders.items()}, out_dim=fusion_dim)
-        self.head_specs = dict(heads)
         self.heads = nn.ModuleDict({
-            name: nn.Sequential(nn.Linear(self.fusion.out_dim, head_hidden), nn.GELU(),
-                                nn.Linear(head_hidden, spec.num_outputs))
+            name: MLPHead(self.fusion.out_dim, spec, head_hidden) if isinstance(spec, HeadSpec) else spec
             for name, spec in heads.items()})
+        for name, head in self.heads.items():
+            if not callable(getattr(head, "loss", None)):
+                raise ValueError(f"head {name!r} ({type(head).__name__}) needs a loss(output, target, context) method")
         self.modality_dropout = modality_dropout
         self.modalities = list(encoders)
 
-    def encode(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Run each encoder on the samples where its modality is present (others get zeros)."""
+    def encode(self, batch: dict, context: dict | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run each encoder on the samples where its modality is present (others get zeros).
+
+        Returns (features {modality: [B, D]}, present {modality: [B] bool}). When ``context`` is given, each
+        encoder's full output (a dict when it returns more than the pooled vector) is stored in it."""
         present = {m: batch["present"][m] for m in self.modalities if m in batch.get("present", {}) and m in batch}
         if self.training and self.modality_dropout > 0:
             present = modality_dropout(present, self.modality_dropout)
@@ -101,34 +134,59 @@ class FusionModel(nn.Module):
                 continue
             x = batch[m]
             if mask.all():
-                features[m] = self.encoders[m](x)
+                out = self.encoders[m](x)
             else:
                 # Encode only present rows: saves compute on big volumes and keeps BatchNorm statistics clean.
-                sub = _index(x, mask)
-                out = self.encoders[m](sub)
-                full = out.new_zeros(mask.shape[0], out.shape[1])
-                full[mask] = out
-                features[m] = full
+                out = _scatter(self.encoders[m](_index(x, mask)), mask)
+            if isinstance(out, dict):
+                if context is not None:
+                    context[m] = out
+                out = out["pooled"]
+            features[m] = out
         if not features:
             raise ValueError("every sample in the batch has no modality present")
         return features, present
 
     def forward(self, batch: dict) -> dict:
-        features, present = self.encode(batch)
+        """Args:
+            batch: {modality: Tensor or dict of Tensors [B, ...], "present": {modality: [B] bool},
+                optional "targets": {head: Tensor}}.
+        Returns:
+            {"outputs": {head: Tensor}, "fused": [B, F], "weights": {modality: [B]}, "present": ..., and when
+            targets are given "losses": {head: scalar}, "loss": weighted sum}.
+        """
+        context: dict = {"batch": batch}
+        features, present = self.encode(batch, context)
+        context["present"] = present
         fused = self.fusion(features, present)
-        outputs = {name: head(fused) for name, head in self.heads.items()}
+        outputs = {name: head(fused, context) for name, head in self.heads.items()}
         result = {"outputs": outputs, "fused": fused, "weights": dict(getattr(self.fusion, "last_weights", {})),
                   "present": present}
         targets = batch.get("targets")
         if targets:
-            losses = {name: head_loss(self.head_specs[name].kind, outputs[name], targets[name].to(fused.device))
+            losses = {name: self.heads[name].loss(outputs[name], _to(targets[name], fused.device), context)
                       for name in self.heads if name in targets}
             result["losses"] = losses
-            result["loss"] = sum(self.head_specs[n].weight * l for n, l in losses.items())
+            result["loss"] = sum(float(getattr(self.heads[n], "weight", 1.0)) * l for n, l in losses.items())
         return result
+
+
+def _to(x, device):
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x.to(device) if isinstance(x, torch.Tensor) else x
 
 
 def _index(x, mask):
     if isinstance(x, dict):
         return {k: _index(v, mask) for k, v in x.items()}
     return x[mask]
+
+
+def _scatter(out, mask):
+    """Encoder output for the present rows -> full batch, zeros where the modality is missing."""
+    if isinstance(out, dict):
+        return {k: _scatter(v, mask) for k, v in out.items()}
+    full = out.new_zeros((mask.shape[0], *out.shape[1:]))
+    full[mask] = out
+    return full
