@@ -2,13 +2,18 @@
 real-size CT (512x512x200) + record. Targets from DESIGN section 5."""
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from mmapps.bench import Target
+
 BENCH_SEED = 987654  # never used for training
-TARGETS = {"oracle_gap": 0.02, "single_margin": 0.03, "ece": 0.05, "predict_s": 3.0, "studies_per_s": 2.0}
+ORACLE_GAP = 0.02  # fused AUROC >= oracle AUROC - this
+FUSION_MARGIN = Target(">=", 0.03)  # fused - best single modality
+ECE_TARGET = Target("<=", 0.05)
+PREDICT_SECONDS = Target("<=", 3.0)  # 512x512x200 CT + record, in-process
+STUDIES_PER_SECOND = Target(">=", 2.0)
 
 
 def real_size_study(folder: Path, seed: int = 1) -> tuple[Path, Path]:
@@ -30,8 +35,13 @@ def real_size_study(folder: Path, seed: int = 1) -> tuple[Path, Path]:
     return folder / "ct", folder / "record.json"
 
 
-def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | Path | None = None) -> dict:
-    """``cohort``: reuse a cohort already written by ``synth_cohort(..., seed=BENCH_SEED)`` (saves minutes)."""
+def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | Path | None = None):
+    """The medical benchmark (DESIGN section 5) as a ``BenchReport``.
+
+    ``cohort``: reuse a cohort already written by ``synth_cohort(..., seed=BENCH_SEED)`` (saves minutes).
+    """
+    from mmapps.bench import BenchReport, median_seconds
+
     from .evaluate import evaluate
     from .pipeline import Pipeline
     from .synth import synth_cohort
@@ -47,32 +57,20 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
         synth_s = time.perf_counter() - t0
         ev = evaluate(cohort, workers=workers, pipeline=pipe)
         ct, rec = real_size_study(tmp / "big")
-        pipe.predict(study=ct, record=rec)  # warm-up (imports, allocator)
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            pipe.predict(study=ct, record=rec)
-            times.append(time.perf_counter() - t)
+        predict_s, times = median_seconds(lambda: pipe.predict(study=ct, record=rec), repeats=3, warmup=1)
     abl = ev["ablations"]
     singles = {k: v for k, v in abl.items() if v == v}
     best_single = max(singles.values()) if singles else float("nan")
-    predict_s = statistics.median(times)
-    rows = [
-        {"metric": "fused AUROC", "value": ev["auroc"], "target": f">= oracle - {TARGETS['oracle_gap']}",
-         "ok": ev["auroc"] >= ev["oracle_auroc"] - TARGETS["oracle_gap"]},
-        {"metric": "oracle AUROC (Brock+PLCO)", "value": ev["oracle_auroc"], "target": "reference", "ok": None},
-        *[{"metric": f"{k}-only AUROC (masked)", "value": v, "target": "ablation", "ok": None} for k, v in abl.items()],
-        {"metric": "fused - best single", "value": ev["auroc"] - best_single,
-         "target": f">= {TARGETS['single_margin']}", "ok": ev["auroc"] - best_single >= TARGETS["single_margin"]},
-        {"metric": "ECE (15 bins)", "value": ev["ece"], "target": f"<= {TARGETS['ece']}", "ok": ev["ece"] <= TARGETS["ece"]},
-        {"metric": "Brier", "value": ev["brier"], "target": "", "ok": None},
-        {"metric": "predict 512x512x200 CT + record (s, median of 3)", "value": predict_s,
-         "target": f"<= {TARGETS['predict_s']}", "ok": predict_s <= TARGETS["predict_s"]},
-        {"metric": "evaluation throughput (studies/s)", "value": ev["studies_per_second"],
-         "target": f">= {TARGETS['studies_per_s']}", "ok": ev["studies_per_second"] >= TARGETS["studies_per_s"]},
-    ]
-    return {"scenario": "medical", "quick": quick, "n": ev["n"], "seed": BENCH_SEED, "auroc": ev["auroc"],
-            "oracle_auroc": ev["oracle_auroc"], "ablations": abl, "ece": ev["ece"], "brier": ev["brier"],
-            "auprc": ev["auprc"], "sensitivity_at_90_specificity": ev["sensitivity_at_90_specificity"],
-            "predict_seconds": predict_s, "predict_runs": times, "studies_per_second": ev["studies_per_second"],
-            "synth_seconds": round(synth_s, 1), "model": pipe.path, "table": rows}
+    report = BenchReport("medical", dataset=f"synthetic cohort, {ev['n']} patients (64x128x128 CT)", seed=BENCH_SEED)
+    report.add("fused AUROC", ev["auroc"], Target(">=", round(ev["oracle_auroc"] - ORACLE_GAP, 4)))
+    report.add("oracle AUROC (Brock+PLCO)", ev["oracle_auroc"])
+    for k, v in abl.items():
+        report.add(f"{k}-only AUROC (others masked)", v)
+    report.add("fused - best single modality", ev["auroc"] - best_single, FUSION_MARGIN)
+    report.add("ECE (15 bins)", ev["ece"], ECE_TARGET)
+    report.add("Brier", ev["brier"])
+    report.add("predict 512x512x200 CT + record (s, median of 3)", predict_s, PREDICT_SECONDS)
+    report.add("evaluation throughput (studies/s)", ev["studies_per_second"], STUDIES_PER_SECOND)
+    report.details.update(auprc=ev["auprc"], sensitivity_at_90_specificity=ev["sensitivity_at_90_specificity"],
+                          predict_runs=times, synth_seconds=round(synth_s, 1), model=pipe.path, quick=quick)
+    return report

@@ -9,10 +9,10 @@ from typing import List, Optional
 
 import typer
 
+from mmapps.cli_utils import DEVICE_OPT, JSON_OPT, MODEL_OPT, SHARD_OPT, WORKERS_OPT
+
 app = typer.Typer(help="CT/MRI + patient record -> lung-nodule malignancy risk (synthetic-data models, "
                        "not for clinical use).", no_args_is_help=True)
-
-MODEL_HELP = "checkpoint (default: the bundled data/medical/model.pt)"
 
 
 def _run(fn, *args, **kwargs):
@@ -21,17 +21,14 @@ def _run(fn, *args, **kwargs):
     return run_command(fn, *args, **kwargs)
 
 
-def _table(title: str, rows: dict) -> None:
-    from rich.table import Table
+def _show(title: str, result: dict, json_out: bool) -> None:
+    """A result on stdout: one JSON object with --json, otherwise a key/value table."""
+    from mmapps.cli_utils import emit_json, print_table
 
-    from mmapps.cli_utils import console
-
-    t = Table(title=title)
-    t.add_column("key")
-    t.add_column("value")
-    for k, v in rows.items():
-        t.add_row(str(k), f"{v:.4f}" if isinstance(v, float) else str(v))
-    console.print(t)
+    if json_out:
+        emit_json(result)
+    else:
+        print_table([{"key": k, "value": v} for k, v in result.items()], title)
 
 
 @app.command()
@@ -40,19 +37,20 @@ def synth(out: Path = typer.Argument(..., help="output folder (new)"),
           seed: int = typer.Option(0, "--seed", help="random seed (same seed -> byte-identical output)"),
           shape: str = typer.Option("64x128x128", "--shape", help="CT size: slices x rows x cols"),
           mri_fraction: float = typer.Option(0.4, "--mri-fraction", help="share of patients with an MRI"),
-          workers: int = typer.Option(1, "--workers", help="processes on this machine"),
-          shard: Optional[str] = typer.Option(None, "--shard", help="i/n: write only the i-th of n slices"),
-          json_out: bool = typer.Option(False, "--json", help="print JSON")):
+          workers: int = WORKERS_OPT,
+          shard: Optional[str] = SHARD_OPT,
+          json_out: bool = JSON_OPT):
     """Synthetic cohort: chest CT DICOM series, MRI for part of it, FHIR R4 records, manifest.csv."""
 
     def go():
-        from mmapps.cli_utils import emit_json
+        from mmapps.cli_utils import check_output_dir
         from mmapps.parallel import parse_shard
 
         from .synth import parse_shape, synth_cohort
 
+        check_output_dir(out)
         res = synth_cohort(out, patients, seed, parse_shape(shape), mri_fraction, workers, parse_shard(shard))
-        emit_json(res) if json_out else _table("medical synth", res)
+        _show("medical synth", res, json_out)
 
     _run(go)
 
@@ -66,47 +64,48 @@ def train(data: Path = typer.Argument(..., help="cohort folder with manifest.csv
           modalities: Optional[str] = typer.Option(None, "--modalities", help="subset of ct,mri,record"),
           epochs: Optional[int] = typer.Option(None, "--epochs"),
           resume: bool = typer.Option(False, "--resume", help="continue from the last epoch's state"),
-          workers: Optional[int] = typer.Option(None, "--workers", help="processes for reading studies"),
-          device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
-          json_out: bool = typer.Option(False, "--json")):
+          workers: Optional[int] = typer.Option(None, "--workers", min=1, help="processes for reading studies "
+                                                "(default: the config's, 1)"),
+          device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda (default: the config's)"),
+          json_out: bool = JSON_OPT):
     """Train the fusion model (core Trainer; launch with torchrun for DDP)."""
 
     def go():
-        from mmapps.cli_utils import emit_json
+        from mmapps.cli_utils import check_output_file
 
-        from .training import train as train_fn
+        from .train import train as train_fn
 
+        check_output_file(out)
         mods = [m.strip() for m in modalities.split(",") if m.strip()] if modalities is not None else None
         res = train_fn(data, out, config, set_, fusion, mods, epochs, resume, workers, device)
         summary = {"out": res["out"], "epochs_run": res["epochs_run"], "n_train": res["n_train"],
                    "n_val": res["n_val"], **{k: v for k, v in res["best"].items() if k != "lr"}}
-        emit_json(summary) if json_out else _table("medical train", summary)
+        _show("medical train", summary, json_out)
 
     _run(go)
 
 
 @app.command()
 def evaluate(data: Path = typer.Argument(..., help="cohort folder with manifest.csv"),
-             model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
-             workers: int = typer.Option(1, "--workers"),
-             shard: Optional[str] = typer.Option(None, "--shard", help="i/n: evaluate the i-th of n slices"),
-             device: str = typer.Option("auto", "--device"),
-             json_out: bool = typer.Option(False, "--json")):
+             model: Optional[Path] = MODEL_OPT,
+             workers: int = WORKERS_OPT,
+             shard: Optional[str] = SHARD_OPT,
+             device: str = DEVICE_OPT,
+             json_out: bool = JSON_OPT):
     """AUROC, AUPRC, Brier, ECE, sensitivity@90 % specificity, oracle AUROC, single-modality ablations."""
 
     def go():
-        from mmapps.cli_utils import emit_json
         from mmapps.parallel import parse_shard
 
         from .evaluate import evaluate as evaluate_fn
 
         res = evaluate_fn(data, model, workers, parse_shard(shard), device)
         if json_out:
-            emit_json(res)
+            _show("medical evaluate", res, True)
         else:
             flat = {k: v for k, v in res.items() if k != "ablations"}
             flat.update({f"ablation {k} only": v for k, v in res["ablations"].items()})
-            _table("medical evaluate", flat)
+            _show("medical evaluate", flat, False)
 
     _run(go)
 
@@ -116,27 +115,28 @@ def predict(study: Optional[Path] = typer.Argument(None, help="CT: DICOM series 
             record: Optional[Path] = typer.Option(None, "--record", help="FHIR R4 Bundle, flat JSON or one-row CSV"),
             mri: Optional[Path] = typer.Option(None, "--mri", help="MRI: DICOM series/file or NIfTI"),
             report: Optional[Path] = typer.Option(None, "--report", help="folder for the PNG report"),
-            model: Optional[Path] = typer.Option(None, "--model", help=MODEL_HELP),
-            device: str = typer.Option("auto", "--device"),
-            json_out: bool = typer.Option(False, "--json")):
+            model: Optional[Path] = MODEL_OPT,
+            device: str = DEVICE_OPT,
+            json_out: bool = JSON_OPT):
     """Malignancy probability, risk category, modality contributions (+ Grad-CAM picture with --report)."""
 
     def go():
-        from mmapps.cli_utils import console, emit_json
+        from mmapps.cli_utils import check_output_dir, console
 
         from .pipeline import Pipeline
 
+        if report is not None:
+            check_output_dir(report)
         pipe = Pipeline.from_checkpoint(model, device=device)
         res = pipe.predict(study=study, record=record, mri=mri, report=report)
-        if json_out:
-            emit_json(res)
-            return
-        _table("medical predict", {"probability": res["probability"], "risk category": res["risk_category"],
-                                   **{f"uses {k}": v for k, v in res["modalities"].items()},
-                                   **{f"contribution {k}": v for k, v in res["contributions"]["masked_delta"].items()},
-                                   "report": res["report"]})
-        for w in res["warnings"]:
-            console.print(f"[yellow]warning:[/yellow] {w}")
+        if not json_out:
+            for w in res["warnings"]:
+                console.print(f"[yellow]warning:[/yellow] {w}", markup=True, highlight=False)
+            res = {"probability": res["probability"], "risk category": res["risk_category"],
+                   **{f"uses {k}": v for k, v in res["modalities"].items()},
+                   **{f"contribution {k}": v for k, v in res["contributions"]["masked_delta"].items()},
+                   "report": res["report"]}
+        _show("medical predict", res, json_out)
 
     _run(go)
 

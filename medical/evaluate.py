@@ -14,8 +14,9 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
     from mmapps.metrics import binary_metrics
     from mmapps.parallel import shard_items
 
-    from .pipeline import CohortDataset, Pipeline, predict_batches
-    from .synth import read_manifest
+    from .dataset import CohortDataset, predict_batches
+    from .manifest import read_manifest
+    from .pipeline import Pipeline
 
     pipe = pipeline or Pipeline.from_checkpoint(model, device=device)
     root, rows = read_manifest(data)

@@ -8,9 +8,7 @@ Everything is a pure function of (seed, patient index): same seed -> byte-identi
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io as _io
 import json
 import math
 from functools import lru_cache
@@ -25,13 +23,6 @@ EXTENT_Z_MM = 320.0  # cranio-caudal coverage
 PREVALENCE = 0.3
 NEVER_SMOKER_TERM = -1.0  # convention: PLCOm2012 smoking terms are undefined for never-smokers; use -1.0
 TYPES = ("solid", "part-solid", "non-solid")
-MANIFEST_COLUMNS = [
-    "patient_id", "label", "oracle_probability", "logit", "ct", "mri", "record",
-    "age", "sex", "family_history_lung_cancer", "education", "bmi", "copd", "personal_cancer_history",
-    "smoking_status", "cigs_per_day", "smoking_years", "years_quit", "pack_years",
-    "emphysema", "nodule_size_mm", "nodule_type", "spiculation", "upper_lobe", "nodule_count",
-    "nodule_z_mm", "nodule_y_mm", "nodule_x_mm",
-]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -245,13 +236,6 @@ def ct_to_mri(ct: np.ndarray, rng: np.random.Generator, out_shape=(32, 64, 64)) 
 # ----------------------------------------------------------------------------------------------------
 # Cohort
 # ----------------------------------------------------------------------------------------------------
-def process_map(fn, items, workers: int = 1, description: str = "working") -> list:
-    """Ordered map over fork-server worker processes (the core's parallel_map), two items per task."""
-    from mmapps.parallel import parallel_map
-
-    return parallel_map(fn, items, workers, description, chunksize=2)
-
-
 def _uid_root(seed: int, index: int, what: str) -> str:
     h = hashlib.sha256(f"mmapps-medical/{seed}/{index}/{what}".encode()).hexdigest()
     return f"2.25.{int(h[:24], 16)}"
@@ -303,20 +287,13 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return parts  # type: ignore[return-value]
 
 
-def manifest_text(rows: list[dict]) -> str:
-    buf = _io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r[k] for k in MANIFEST_COLUMNS})
-    return buf.getvalue()
-
-
 def synth_cohort(out: str | Path, patients: int, seed: int = 0, shape=(64, 128, 128), mri_fraction: float = 0.4,
                  workers: int = 1, shard: tuple[int, int] = (0, 1)) -> dict:
     """Generate the cohort; with a shard only that slice of patients and a manifest part are written."""
     from mmapps.io import atomic_write_text
-    from mmapps.parallel import shard_items
+    from mmapps.parallel import parallel_map, shard_items
+
+    from .manifest import manifest_text
 
     out = Path(out)
     if patients < 1:
@@ -331,34 +308,11 @@ def synth_cohort(out: str | Path, patients: int, seed: int = 0, shape=(64, 128, 
         if existing.exists():
             raise UserError(f"{out}: already holds a cohort ({existing.name}); choose a new folder")
     indices = shard_items(list(range(patients)), i, n)
-    rows = process_map(make_patient, [(str(out), seed, k, tuple(shape), mri_fraction) for k in indices],
-                        workers=workers, description="synthesizing patients")
+    rows = parallel_map(make_patient, [(str(out), seed, k, tuple(shape), mri_fraction) for k in indices],
+                        workers=workers, description="synthesizing patients", chunksize=2)
     atomic_write_text(out / name, manifest_text(rows))
     labels = [r["label"] for r in rows]
     return {"out": str(out), "manifest": str(out / name), "patients": len(rows),
             "with_mri": sum(bool(r["mri"]) for r in rows), "prevalence": float(np.mean(labels)) if labels else None,
             "mean_oracle_probability": float(np.mean([r["oracle_probability"] for r in rows])),
             "shape": list(shape), "seed": seed, "shard": f"{i}/{n}"}
-
-
-def read_manifest(data: str | Path) -> tuple[Path, list[dict]]:
-    """Find the cohort root (DATA or a folder above a split) and read manifest.csv (or its shard parts)."""
-    data = Path(data)
-    if not data.exists():
-        raise UserError(f"{data}: no such folder")
-    root = data if data.is_dir() else data.parent
-    files = [root / "manifest.csv"] if (root / "manifest.csv").exists() else sorted(root.glob("manifest.shard*.csv"))
-    if not files:
-        raise UserError(f"{data}: no manifest.csv (a cohort from `mmapps medical synth` or your own with columns "
-                        f"patient_id, label, ct[, mri, record])")
-    rows = []
-    for f in files:
-        with open(f, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = {"patient_id", "ct"} - set(reader.fieldnames or [])
-            if missing:
-                raise UserError(f"{f}: manifest lacks column(s) {', '.join(sorted(missing))}")
-            rows.extend(reader)
-    if not rows:
-        raise UserError(f"{files[0]}: manifest has no rows")
-    return root, rows

@@ -17,7 +17,7 @@ def tiny_cohort(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cohort, tmp_path_factory) -> Path:
-    from medical.training import train
+    from medical.train import train
 
     out = tmp_path_factory.mktemp("medical_model") / "tiny.pt"
     train(tiny_cohort, out, overrides=["model.ct_grid=16", "model.mri_grid=12", "model.ct_channels=[4,8]",

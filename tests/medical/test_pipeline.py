@@ -68,7 +68,7 @@ def test_evaluate_metrics_and_ablations(tiny_model, tiny_cohort):
 
 def test_train_modality_subset_fusion_and_resume(tiny_cohort, tmp_path):
     from medical.pipeline import Pipeline
-    from medical.training import train
+    from medical.train import train
 
     small = ["model.ct_grid=12", "model.ct_channels=[4]", "model.encoder_dim=8", "model.fusion_dim=8",
              "train.batch_size=6"]
@@ -86,11 +86,9 @@ def test_train_modality_subset_fusion_and_resume(tiny_cohort, tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_preprocess_real_size_is_fast():
-    import time
-
+def test_preprocess_real_size_shapes():
     from medical.io import Volume
-    from medical.pipeline import preprocess_ct
+    from medical.preprocess import preprocess_ct
 
     rng = np.random.default_rng(0)
     arr = np.full((200, 512, 512), -1000, np.float32)
@@ -98,11 +96,9 @@ def test_preprocess_real_size_is_fast():
     arr[20:180, 150:350, 90:230] = -850
     arr[20:180, 150:350, 280:420] = -850
     arr += rng.normal(0, 5, (1, 512, 512)).astype(np.float32)
-    t = time.perf_counter()
     x = preprocess_ct(Volume(arr, (1.0, 0.7, 0.7), "CT", "mem"), 32, 24)
     assert x["grid"].shape == (2, 32, 32, 32) and x["crop"].shape == (1, 24, 24, 24) and x["geom"].shape == (5,)
     assert x["_candidate"]["box"] is not None  # the two "lungs" were found
-    assert time.perf_counter() - t < 10  # generous: this machine is shared; the bench measures the real number
 
 
 def test_candidate_finds_large_nodules(tmp_path):
@@ -110,7 +106,7 @@ def test_candidate_finds_large_nodules(tmp_path):
     import csv
 
     from medical.io import load_ct
-    from medical.pipeline import find_candidate
+    from medical.preprocess import find_candidate
     from medical.synth import EXTENT_Z_MM, FOV_XY_MM, synth_cohort
 
     shape = (48, 96, 96)
@@ -125,3 +121,13 @@ def test_candidate_finds_large_nodules(tmp_path):
         true = [float(r["nodule_z_mm"]), float(r["nodule_y_mm"]), float(r["nodule_x_mm"])]
         dist = sum((a - b) ** 2 for a, b in zip(mm, true)) ** 0.5
         assert dist < float(r["nodule_size_mm"]) / 2 + 2 * max(spacing), (r["patient_id"], dist)
+
+
+def test_validation_split_is_stratified_by_label():
+    from medical.train import split_rows
+
+    rows = [{"patient_id": str(i), "label": "1" if i % 5 == 0 else "0"} for i in range(40)]
+    train, val = split_rows(rows, 0.25, seed=0)
+    assert len(val) == 10 and not {r["patient_id"] for r in train} & {r["patient_id"] for r in val}
+    assert sum(r["label"] == "1" for r in val) == 2  # the 20 % positives keep their share
+    assert split_rows(rows, 0.25, seed=0) == (train, val)

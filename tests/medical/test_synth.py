@@ -33,7 +33,7 @@ def test_shards_and_workers_match_single_run(tmp_path):
     synth_cohort(tmp_path / "one", 4, seed=5, shape=SHAPE)
     synth_cohort(tmp_path / "sh", 4, seed=5, shape=SHAPE, shard=(0, 2))
     synth_cohort(tmp_path / "sh", 4, seed=5, shape=SHAPE, shard=(1, 2), workers=2)
-    from medical.synth import read_manifest
+    from medical.manifest import read_manifest
 
     _, rows_one = read_manifest(tmp_path / "one")
     _, rows_sh = read_manifest(tmp_path / "sh")

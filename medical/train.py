@@ -1,4 +1,4 @@
-"""Training on a cohort folder with the core Trainer (so `torchrun` gives DDP for free)."""
+"""`mmapps medical train`: a thin call of the core Trainer on a cohort folder (so `torchrun` gives DDP for free)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,16 +7,19 @@ import torch.nn.functional as F
 
 from mmapps.errors import UserError
 
+from .dataset import CohortDataset, collate, model_inputs
 from .models import CT_WINDOW, aux_targets, build_model
-from .pipeline import RISK_THRESHOLDS, CohortDataset, _inputs, collate
+from .pipeline import RISK_THRESHOLDS
+
 
 def split_rows(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Deterministic patient-level split (a patient never sits in both)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(rows))
-    n_val = int(round(len(rows) * val_fraction)) if len(rows) > 4 else 0
-    val = sorted(idx[:n_val].tolist())
-    train = sorted(idx[n_val:].tolist())
+    """Patient-level split stratified by label, with the core's one validation split (a patient never sits in
+    both; no validation part when the fraction is 0 or the cohort is tiny)."""
+    from mmapps.splits import validation_split
+
+    if val_fraction <= 0 or len(rows) <= 4:
+        return list(rows), []
+    train, val = validation_split(len(rows), val_fraction, seed, labels=[r.get("label", "") for r in rows])
     return [rows[i] for i in train], [rows[i] for i in val]
 
 
@@ -30,7 +33,7 @@ def eval_fn(model, loader, device) -> dict:
     with torch.no_grad():
         for batch in loader:
             batch = move_to(batch, device)
-            logit = model(_inputs(batch))["outputs"]["malignancy"].reshape(-1)
+            logit = model(model_inputs(batch))["outputs"]["malignancy"].reshape(-1)
             y = batch["targets"]["malignancy"].float().reshape(-1)
             losses.append(F.binary_cross_entropy_with_logits(logit, y, reduction="sum").item())
             ys.append(y.cpu().numpy())
@@ -48,7 +51,7 @@ def train(data, out, config=None, overrides: list[str] | None = None, fusion: st
     from mmapps.trainer import Trainer
 
     from .models import MedicalConfig
-    from .synth import read_manifest
+    from .manifest import read_manifest
 
     extra = list(overrides or [])
     if fusion is not None:
