@@ -79,19 +79,36 @@ def _user_error_types():
 def run_command(fn: Callable, *args, **kwargs):
     """Call fn; user errors become one 'error:' line and exit code 2, bugs keep their traceback."""
     import typer
+    import warnings
 
-    try:
-        return fn(*args, **kwargs)
-    except typer.Exit:
-        raise
-    except _user_error_types() as e:
-        text = str(e)
-        if isinstance(e, OSError) and getattr(e, "filename", None):
-            text = f"{e.filename}: {e.strerror or text}"
-        fail(text or type(e).__name__)
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
-        raise typer.Exit(130)
+    # Library warnings (torch, PIL, sklearn) are held back while the command runs: a clean error must be exactly
+    # one stderr line, and the warnings of a run that failed on bad input only add noise. A run that succeeds
+    # shows them at the end.
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            result = fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except _user_error_types() as e:
+            text = str(e)
+            if isinstance(e, OSError) and getattr(e, "filename", None):
+                text = f"{e.filename}: {e.strerror or text}"
+            fail(text or type(e).__name__)
+        except KeyboardInterrupt:
+            sys.stderr.write("error: interrupted\n")
+            raise typer.Exit(130)
+        except BaseException:
+            _replay(caught)  # a genuine bug: everything helps
+            raise
+    _replay(caught)
+    return result
+
+
+def _replay(caught) -> None:
+    import warnings
+
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
 
 
 def user_command(fn: Callable) -> Callable:

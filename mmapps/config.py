@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,9 +25,9 @@ def check_range(param: str, value, low=None, high=None) -> None:
 
 
 def _read_file(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    from .inputs import read_text
+
+    text = read_text(path, 16 * 2**20, "config file")  # regular file, capped, strict UTF-8 naming the line
     try:
         if path.suffix.lower() == ".toml":
             import tomllib
@@ -43,8 +44,10 @@ def _read_file(path: Path) -> dict:
             return json.loads(text)
     except UserError:
         raise
+    except RecursionError:
+        raise UserError(f"{path}: config is nested too deeply to be read") from None
     except Exception as e:
-        raise UserError(f"{path}: cannot parse config ({str(e).splitlines()[0][:200]})") from e
+        raise UserError(f"{path}: cannot parse config ({(str(e).splitlines() or [type(e).__name__])[0][:200]})") from e
     raise UserError(f"{path}: config must be .toml, .yaml/.yml or .json; got {path.suffix or 'no extension'!r}")
 
 
@@ -81,9 +84,14 @@ def _coerce(value: Any, tp, name: str):
         try:
             if tp is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return tp(float(value)) if tp is int else tp(value)
-        except (TypeError, ValueError):
+            if isinstance(value, bool):
+                raise ValueError
+            number = tp(float(value)) if tp is int else tp(value)
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"{name} must be {'an integer' if tp is int else 'a number'}; got {value!r}") from None
+        if tp is float and not math.isfinite(number):
+            raise UserError(f"{name} must be a finite number; got {value!r}")
+        return number
     if tp is str:
         return str(value)
     return value
@@ -136,12 +144,39 @@ def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# Names of size-like fields (a layer width, a channel count, a grid): these must be >= 1 in every config, so a
+# negative or zero size is a clear error instead of a tensor-shape traceback deep in model building.
+_SIZE_WORDS = ("dim", "dims", "width", "hidden", "channels", "grid", "crop", "heads", "layers", "stride",
+               "batch_size", "epochs")
+
+
+def _is_size_field(name: str) -> bool:
+    return name in _SIZE_WORDS or any(name.endswith("_" + w) for w in _SIZE_WORDS)
+
+
+def check_generic(cfg, prefix: str = "") -> None:
+    """Rules that hold for every config: numbers are finite, sizes are positive integers."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        name = prefix + f.name
+        values = v if isinstance(v, (list, tuple)) else [v]
+        for x in values:
+            if isinstance(x, float) and not math.isfinite(x):
+                raise UserError(f"{name} must be a finite number; got {v!r}")
+            if _is_size_field(f.name) and isinstance(x, (int, float)) and not isinstance(x, bool):
+                low = 0 if f.default == 0 else 1  # a size whose default is 0 uses 0 for "off"
+                if x < low:
+                    raise UserError(f"{name} must be >= {low} (a size); got {v!r}")
+
+
 def validate(cfg) -> None:
-    """Call ``validate()`` on the config and every nested dataclass that defines it."""
+    """Call ``validate()`` on the config and every nested dataclass that defines it, after the generic rules
+    (finite numbers, positive sizes)."""
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if dataclasses.is_dataclass(v):
             validate(v)
+    check_generic(cfg)
     if hasattr(cfg, "validate"):
         cfg.validate()
 

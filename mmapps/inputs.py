@@ -85,13 +85,17 @@ def check_image(path: str | os.PathLike, max_pixels: int | None = None) -> tuple
     from PIL import Image, UnidentifiedImageError
 
     cap = LIMITS.image_pixels if max_pixels is None else max_pixels
+    import warnings
+
     try:
-        with Image.open(path) as im:  # reads the header only
-            w, h = im.size
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: we judge the size ourselves, below
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:  # reads the header only
+                w, h = im.size
+    except Image.DecompressionBombError:  # Pillow refuses > 2x its own limit before we can check
+        raise UserError(f"{path}: image is larger than the {cap:,}-pixel limit") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UserError(f"{path}: not a readable image ({' '.join(str(e).split())[:120]})") from None
-    except Image.DecompressionBombError:  # older Pillow raises before we can check
-        raise UserError(f"{path}: image is larger than the {cap:,}-pixel limit") from None
     if w * h > cap:
         raise UserError(f"{path}: {w}x{h} image is larger than the {cap:,}-pixel limit")
     return w, h
@@ -105,3 +109,202 @@ def check_voxels(shape, path: str | os.PathLike, what: str = "volume") -> None:
     if n > LIMITS.volume_voxels:
         dims = "x".join(str(int(s)) for s in shape)
         raise UserError(f"{path}: {what} of {dims} voxels is larger than the {LIMITS.volume_voxels:,}-voxel limit")
+
+
+# -- format-specific budgets: declared sizes from the header, checked before any decoding ----------------------
+DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
+DICOM_INFLATED_BYTES = 2 * LIMITS.volume_voxels  # a deflated DICOM may inflate to at most one int16 volume budget
+
+
+def _quiet_pydicom():
+    """pydicom warns and logs about every oddity of a damaged file; a clean error must stay one line."""
+    import contextlib
+    import logging
+    import warnings
+
+    @contextlib.contextmanager
+    def quiet():
+        log = logging.getLogger("pydicom")
+        level = log.level
+        log.setLevel(logging.CRITICAL)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            log.setLevel(level)
+
+    return quiet()
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text or type(e).__name__)[:160]
+
+
+def _check_inflated_size(path: Path, offset: int, cap: int) -> None:
+    """Inflate a deflated DICOM body in bounded chunks, discarding the output, to refuse a decompression bomb
+    before pydicom inflates it whole in memory."""
+    import zlib
+
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            data = inflater.decompress(chunk, 1 << 24)
+            while True:
+                total += len(data)
+                if total > cap:
+                    raise UserError(f"{path}: deflated DICOM inflates to more than {cap:,} bytes (a decompression "
+                                    f"bomb or an oversized file)")
+                if not inflater.unconsumed_tail:
+                    break
+                data = inflater.decompress(inflater.unconsumed_tail, 1 << 24)
+            if inflater.eof:
+                break
+
+
+def dicom_voxels(ds) -> int:
+    """Rows x Columns x NumberOfFrames x SamplesPerPixel declared by a DICOM header (0 without an image)."""
+    def num(tag, default):
+        v = ds.get(tag, default)
+        try:
+            return max(int(v if v not in (None, "") else default), 0)
+        except (TypeError, ValueError):
+            raise UserError(f"{getattr(ds, 'filename', 'DICOM')}: DICOM tag {tag} is not a number ({v!r})") from None
+
+    return num("Rows", 0) * num("Columns", 0) * max(num("NumberOfFrames", 1), 1) * max(num("SamplesPerPixel", 1), 1)
+
+
+def read_dicom_header(path: str | os.PathLike, max_voxels: int | None = None):
+    """The DICOM dataset WITHOUT its pixel data, after the budget checks (regular file, inflated size of a
+    deflated file, Rows x Columns x NumberOfFrames x SamplesPerPixel and the bytes they need).
+
+    Returns a pydicom Dataset read with ``stop_before_pixels=True``; read the pixels afterwards with
+    :func:`read_dicom` (or ``pydicom.dcmread``) once the series as a whole fits the budget.
+    """
+    path = check_regular_file(path, "DICOM file")
+    import pydicom
+    from pydicom.filereader import read_preamble, _read_file_meta_info
+
+    cap = LIMITS.volume_voxels if max_voxels is None else max_voxels
+    with _quiet_pydicom():
+        try:
+            with open(path, "rb") as f:
+                read_preamble(f, False)
+                meta = _read_file_meta_info(f)
+                offset = f.tell()
+            if str(meta.get("TransferSyntaxUID", "")) == DEFLATED_TRANSFER_SYNTAX:
+                _check_inflated_size(path, offset, DICOM_INFLATED_BYTES)
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except UserError:
+            raise
+        except Exception as e:  # InvalidDicomError, struct errors on mutated bytes, zlib errors, ...
+            raise UserError(f"{path}: not a readable DICOM file ({_short(e)})") from None
+        voxels = dicom_voxels(ds)
+        bits = ds.get("BitsAllocated", 16)
+        try:
+            nbytes = voxels * max(int(bits or 16), 1) // 8
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: DICOM tag BitsAllocated is not a number ({bits!r})") from None
+    if voxels > cap or nbytes > 4 * cap:
+        raise UserError(f"{path}: DICOM image of {ds.get('Rows')}x{ds.get('Columns')}x{ds.get('NumberOfFrames', 1)} "
+                        f"({voxels:,} voxels) is larger than the {cap:,}-voxel limit")
+    return ds
+
+
+def read_dicom(path: str | os.PathLike, max_voxels: int | None = None):
+    """The full DICOM dataset (pixel data included, not yet decoded) after :func:`read_dicom_header`'s checks."""
+    read_dicom_header(path, max_voxels)
+    import pydicom
+
+    with _quiet_pydicom():
+        try:
+            return pydicom.dcmread(Path(path))
+        except Exception as e:
+            raise UserError(f"{path}: not a readable DICOM file ({_short(e)})") from None
+
+
+def check_nifti(path: str | os.PathLike, max_voxels: int | None = None):
+    """The nibabel image (header read, data NOT loaded) if its declared dims fit the voxel budget."""
+    path = check_regular_file(path, "NIfTI file")
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))  # reads the header only; the data stays on disk (lazy dataobj)
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable NIfTI file ({_short(e)})") from None
+    n = 1
+    for s in shape:
+        n *= max(s, 1)
+    cap = LIMITS.volume_voxels if max_voxels is None else max_voxels
+    if n > cap:
+        raise UserError(f"{path}: NIfTI header declares {'x'.join(map(str, shape))} ({n:,} voxels), larger than "
+                        f"the {cap:,}-voxel limit")
+    return img
+
+
+def check_audio_file(path: str | os.PathLike, max_seconds: float | None = None):
+    """soundfile's header info (frames, samplerate, channels) if the declared duration fits the budget."""
+    path = check_regular_file(path, "audio file")
+    import soundfile as sf
+
+    cap = LIMITS.audio_seconds if max_seconds is None else max_seconds
+    try:
+        info = sf.info(str(path))
+    except Exception as e:
+        raise UserError(f"{path}: not a readable audio file ({_short(e)})") from None
+    if info.samplerate <= 0:
+        raise UserError(f"{path}: audio header declares a sample rate of {info.samplerate} Hz")
+    seconds = info.frames / info.samplerate
+    if seconds > cap * 1.01:
+        raise UserError(f"{path}: the audio is {seconds:.1f} s long; at most {cap:.0f} s is accepted")
+    return info
+
+
+def check_raw_audio(path: str | os.PathLike, sample_rate: int = 16_000, sample_bytes: int = 2,
+                    max_seconds: float | None = None) -> Path:
+    """Headerless audio: its duration follows from the file size, checked before reading a byte."""
+    path = check_regular_file(path, "raw audio file")
+    cap = LIMITS.audio_seconds if max_seconds is None else max_seconds
+    seconds = path.stat().st_size / (sample_rate * sample_bytes)
+    if seconds > cap * 1.01:
+        raise UserError(f"{path}: raw audio of {seconds:.1f} s ({sample_rate} Hz, {8 * sample_bytes}-bit); at most "
+                        f"{cap:.0f} s is accepted")
+    return path
+
+
+def check_points_file(path: str | os.PathLike, dims: int = 4, value_bytes: int = 4, max_points: int | None = None) -> int:
+    """A binary point cloud (float32 x dims per point): the point count from the file size, within budget."""
+    path = check_regular_file(path, "point cloud")
+    cap = LIMITS.points if max_points is None else max_points
+    size = path.stat().st_size
+    n = size // (dims * value_bytes)
+    if n > cap:
+        raise UserError(f"{path}: {size:,} bytes hold {n:,} points; at most {cap:,} points are accepted")
+    return n
+
+
+def parse_json(text: str, path: str | os.PathLike, what: str = "JSON file", line: int | None = None):
+    """json.loads with clean errors: a syntax error names the file (and line), absurd nesting is refused
+    instead of a RecursionError."""
+    import json
+
+    where = f"{path}: line {line}" if line is not None else f"{path}"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f"line {e.lineno}" if line is None else "column"
+        raise UserError(f"{where}: not valid JSON ({e.msg} at {at} {e.lineno if line is None else e.colno})") from None
+    except RecursionError:
+        raise UserError(f"{where}: {what} is nested too deeply to be read") from None
+
+
+def read_json(path: str | os.PathLike, max_bytes: int | None = None, what: str = "JSON file"):
+    """A capped, strictly UTF-8 JSON file, parsed with :func:`parse_json`."""
+    return parse_json(read_text(path, max_bytes, what), path, what)

@@ -2,18 +2,79 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
+
+
+_LEGACY_STALE_SECONDS = 3600  # temp files from before the owner tag: removed once they are an hour old
+
+
+def _owner_tag() -> str:
+    """host-pid of this process, written into temp names so a later run can tell a dead writer's leftovers."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the hidden temp files/folders that killed atomic writes of ``path`` left behind.
+
+    A temp whose owner (host-pid in its name) is a dead process on this host is removed; temps of live
+    processes and of other hosts (a shared file system) are left alone. Returns what was removed.
+    """
+    path = Path(path)
+    removed = []
+    host = socket.gethostname().replace(".", "_")
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        rest = tmp.name[len(path.name) + 2:]
+        owner = rest.split(".", 1)[0]
+        stale = False
+        if ".tmp" not in rest and rest != "old":
+            continue
+        if owner.rsplit("-", 1)[0] == host and owner.rsplit("-", 1)[-1].isdigit():
+            stale = not _pid_alive(int(owner.rsplit("-", 1)[-1]))
+        elif "-" not in owner:  # legacy name without the owner tag
+            try:
+                stale = time.time() - tmp.lstat().st_mtime > _LEGACY_STALE_SECONDS
+            except OSError:
+                continue
+        if stale:
+            try:
+                shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Leftovers of earlier killed writes of the same path are removed first (see :func:`remove_stale_temps`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or f".tmp{path.suffix}", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=suffix or f".tmp{path.suffix}",
+                               dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -52,7 +113,8 @@ def atomic_dir(path: str | os.PathLike):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import check_choice, check_range
+from .cli_utils import to_jsonable
+from .config import check_choice, check_generic, check_range
 from .data import collate_samples, move_to
 from .errors import UserError
 
@@ -57,6 +58,7 @@ class TrainConfig:
         check_range("lr", self.lr, 0.0)
         check_range("patience", self.patience, 0)
         check_range("epsilon", self.epsilon, 0.0)
+        check_generic(self)  # finite numbers (lr=nan passes every range check), positive sizes
 
 
 def seed_everything(seed: int) -> None:
@@ -128,6 +130,31 @@ def metrics_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.stem + ".metrics.jsonl")
 
 
+def describe_state_mismatch(model: nn.Module, state: dict) -> str:
+    """What differs between a model and a state dict: missing/unexpected keys and shape changes (a few each)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}")
+    return "; ".join(parts) or "the optimizer state does not fit the model's parameters"
+
+
+def _load_resume_state(model: nn.Module, optimizer, weights: dict, state: dict, path: Path) -> None:
+    """Load the saved weights and optimizer; a different architecture is a clean error naming the mismatch."""
+    try:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"--resume: {path} was saved by a different model architecture or settings "
+                        f"({describe_state_mismatch(model, weights)}); train without --resume or with the "
+                        f"same settings") from e
+
+
 class Trainer:
     """Train any module whose forward(batch) returns a dict with "loss" when the batch has targets.
 
@@ -142,6 +169,9 @@ class Trainer:
                  eval_fn: Callable | None = None, on_epoch_end: Callable | None = None,
                  input_keys: tuple[str, ...] | None = None, quiet: bool = False):
         cfg.validate()
+        from .cli_utils import check_output_file
+
+        check_output_file(out_path)  # an unwritable or impossible --out fails now, not after an epoch
         self.model = model
         self.cfg = cfg
         self.out_path = Path(out_path)
@@ -251,8 +281,7 @@ class Trainer:
             state = bundle.get("trainer")
             if not state:
                 raise UserError(f"{last_path}: holds no trainer state to resume from")
-            model.load_state_dict(bundle["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
+            _load_resume_state(model, optimizer, bundle["state_dict"], state, last_path)
             if scheduler is not None and state.get("scheduler"):
                 scheduler.load_state_dict(state["scheduler"])
             start_epoch, best, bad_epochs = int(state["epoch"]) + 1, state.get("best"), int(state.get("bad_epochs", 0))
@@ -320,7 +349,7 @@ class Trainer:
                     "epoch": epoch, "best": best, "bad_epochs": bad_epochs, "history": self.history,
                     "rng": torch.get_rng_state()})
                 with open(metrics_path(self.out_path), "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")  # strict JSON: NaN -> null
             stop = c.patience > 0 and bad_epochs >= c.patience  # patience 0 disables early stopping
             if self.on_epoch_end is not None and self.on_epoch_end(epoch, record):
                 break
