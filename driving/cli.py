@@ -4,31 +4,19 @@ Only typer and the standard library are imported at module level (``mmapps --hel
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from mmapps.cli_utils import emit_json, run_command
+from mmapps.cli_utils import (DEVICE_OPT, JSON_OPT, MODEL_OPT, OUT_OPT, SHARD_OPT, WORKERS_OPT, emit_json,
+                              print_table, run_command)
 
 app = typer.Typer(help="Camera + lidar + GPS -> 3D detection of cars, pedestrians and cyclists (KITTI formats).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 SAMPLES = "samples"
-
-
-def _table(title: str, rows: list[dict]) -> None:
-    from rich.table import Table
-
-    from mmapps.cli_utils import console
-
-    t = Table(title=title)
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    for c in cols:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*[f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols])
-    console.print(t)
 
 
 # ----------------------------------------------------------------------------------------------- synth
@@ -37,11 +25,11 @@ def synth(out: Path = typer.Argument(..., help="output dataset root (training/ i
           frames: int = typer.Option(8, "--frames", help="number of frames"),
           seed: int = typer.Option(0, "--seed", help="same seed -> same dataset"),
           seq_len: int = typer.Option(1, "--seq-len", help="frames per sequence (ego and agents move; for tracking)"),
-          workers: int = typer.Option(1, "--workers", help="processes on this machine"),
-          shard: Optional[str] = typer.Option(None, "--shard", help="i/n: write only the i-th of n slices"),
+          workers: int = WORKERS_OPT,
+          shard: Optional[str] = SHARD_OPT,
           reduced: bool = typer.Option(False, "--reduced", help="keep only camera-view points (KITTI velodyne_reduced)"),
           clutter: bool = typer.Option(False, "--clutter", help="add vans and street furniture (fences, bushes, bins, signs)"),
-          json_out: bool = typer.Option(False, "--json", help="machine-readable output")):
+          json_out: bool = JSON_OPT):
     """Ray-cast synthetic road scenes (64-beam lidar + KITTI camera + labels + calib + oxts) in KITTI format."""
 
     def go():
@@ -52,7 +40,7 @@ def synth(out: Path = typer.Argument(..., help="output dataset root (training/ i
         return synth_dataset(out, frames, seed, seq_len, workers, parse_shard(shard), reduced, clutter)
 
     res = run_command(go)
-    emit_json(res) if json_out else _table("driving synth", [res])
+    emit_json(res) if json_out else print_table([res], "driving synth")
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -65,14 +53,17 @@ def train(data: Path = typer.Argument(..., help="KITTI folder with training/{vel
           epochs: Optional[int] = typer.Option(None, "--epochs"),
           val: Optional[Path] = typer.Option(None, "--val", help="separate validation KITTI folder (default: 10 % split)"),
           resume: bool = typer.Option(False, "--resume", help="continue from the last end-of-epoch state"),
-          device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-          json_out: bool = typer.Option(False, "--json")):
+          device: str = DEVICE_OPT,
+          json_out: bool = JSON_OPT):
     """Train the camera+lidar BEV fusion detector with the core Trainer (works under torchrun)."""
 
     def go():
-        from .pipeline import TrainSettings, train as train_fn
+        from mmapps.cli_utils import check_output_file
         from mmapps.config import load_config
 
+        from .train import TrainSettings, train as train_fn
+
+        check_output_file(out)
         overrides = list(set_ or [])
         if fusion:
             overrides.append(f"model.fusion={fusion!r}".replace("'", '"'))
@@ -87,32 +78,33 @@ def train(data: Path = typer.Argument(..., help="KITTI folder with training/{vel
 
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
-    emit_json(res) if json_out else _table("driving train", [{k: v for k, v in res.items() if k != "history"}])
+    emit_json(res) if json_out else print_table([{k: v for k, v in res.items() if k != "history"}], "driving train")
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
 @app.command()
 def evaluate(data: Path = typer.Argument(..., help="labelled KITTI folder (root or training/)"),
-             model: Optional[Path] = typer.Option(None, "--model", help="checkpoint (default: bundled)"),
+             model: Optional[Path] = MODEL_OPT,
              method: str = typer.Option("learned", "--method", help="learned or classical"),
              ablations: bool = typer.Option(True, "--ablations/--no-ablations", help="lidar-only / camera-only too"),
              limit: Optional[int] = typer.Option(None, "--limit", help="evaluate only the first N frames"),
-             shard: Optional[str] = typer.Option(None, "--shard", help="i/n: evaluate the i-th of n slices"),
-             workers: int = typer.Option(1, "--workers", help="processes on this machine (CPU)"),
-             device: str = typer.Option("auto", "--device"),
-             json_out: bool = typer.Option(False, "--json")):
+             shard: Optional[str] = SHARD_OPT,
+             workers: int = WORKERS_OPT,
+             device: str = DEVICE_OPT,
+             json_out: bool = JSON_OPT):
     """KITTI AP (R40) 3D and BEV per class and difficulty, plus modality ablations."""
 
     def go():
         from mmapps.parallel import parse_shard, shard_items
 
+        from .evaluate import evaluate_split
         from .io import list_frames, resolve_split
-        from .pipeline import Pipeline, evaluate_split
+        from .pipeline import load_pipeline
 
         split = resolve_split(data)
         ids = list_frames(split)
         ids = shard_items(ids, *parse_shard(shard))[: limit or None]
-        pipe = Pipeline.from_checkpoint(model, device, method)
+        pipe = load_pipeline(model, device, method)
         return evaluate_split(split, pipe, ids, ablations, workers)
 
     res = run_command(go)
@@ -120,70 +112,122 @@ def evaluate(data: Path = typer.Argument(..., help="labelled KITTI folder (root 
         emit_json(res)
         return
     rows = [{"class": c, "metric": m, **(res[m][c] or {})} for m in ("ap3d", "apbev") for c in res[m]]
-    _table(f"driving evaluate ({res['method']}, {res['frames']} frames of {res['split']})", rows)
+    print_table(rows, f"driving evaluate ({res['method']}, {res['frames']} frames of {res['split']})")
 
 
 # ----------------------------------------------------------------------------------------------- perceive
+@dataclass
+class FrameSource:
+    """Where perceive's frames come from: a KITTI folder (all frames or --frame ids) or single files."""
+
+    folder: Optional[Path] = None
+    frame_ids: Optional[str] = None
+    lidar: Optional[Path] = None
+    image: Optional[Path] = None
+    calib: Optional[Path] = None
+    oxts: Optional[Path] = None
+    point_dims: int = 4
+
+    def loaders(self) -> tuple[list, str]:
+        """([callable -> Frame], the folder used); nothing is read yet."""
+        from mmapps.errors import UserError
+
+        from .io import list_frames, load_files, load_frame, resolve_split
+
+        if self.folder is None:
+            if not (self.lidar and self.image and self.calib):
+                raise UserError("give a KITTI folder INPUT, or --lidar, --image and --calib together")
+            return [lambda: load_files(self.lidar, self.image, self.calib, self.oxts, self.point_dims)], \
+                str(self.lidar.parent)
+        if self.lidar or self.image or self.calib or self.oxts:
+            raise UserError("give either a KITTI folder INPUT or --lidar/--image/--calib, not both")
+        split = resolve_split(self.folder)
+        ids = [f.strip() for f in self.frame_ids.split(",")] if self.frame_ids else list_frames(split)
+        return [lambda fid=fid: load_frame(split, fid, labels=False, dims=self.point_dims) for fid in ids], str(split)
+
+
+@dataclass
+class PerceiveOptions:
+    """How perceive runs and what it writes."""
+
+    out: Optional[Path] = None
+    model: Optional[Path] = None
+    method: str = "learned"
+    device: str = "auto"
+
+
+def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
+    """Each frame is read once and detected once. Pictures and result files go to a staging folder inside
+    ``out`` and are moved into place only when every frame succeeded: a bad frame leaves no partial output."""
+    import os
+    import shutil
+    import tempfile
+
+    from mmapps.cli_utils import check_output_dir
+
+    from .io import write_label
+    from .pipeline import load_pipeline
+    from .tracking import Tracker
+    from .viz import bev_png, camera_png
+
+    if opts.out is not None:
+        check_output_dir(opts.out)
+    loaders, used = source.loaders()
+    pipe = load_pipeline(opts.model, opts.device, opts.method)
+    tracker = Tracker()
+    staging = None
+    if opts.out is not None:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".perceive-partial-", dir=opts.out))
+    results, written = [], []
+    try:
+        for load in loaders:
+            f = load()
+            res = pipe.perceive(f, tracker)
+            kitti = res.pop("kitti")
+            res["input"] = used
+            if staging is not None:
+                names = [f"{f.id}.txt", f"{f.id}_bev.png", f"{f.id}_camera.png"]
+                write_label(staging / names[0], kitti)
+                bev_png(staging / names[1], f, res["objects"])
+                camera_png(staging / names[2], f, res["objects"])
+                written += names
+                res["outputs"] = [str(opts.out / n) for n in names]
+            results.append(res)
+        for name in written:
+            os.replace(staging / name, opts.out / name)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return results
+
+
 @app.command()
 def perceive(input: Optional[Path] = typer.Argument(None, help="KITTI folder (root or training/ or a folder with velodyne/)"),
              frame: Optional[str] = typer.Option(None, "--frame", help="frame id(s), comma-separated (default: all)"),
-             out: Optional[Path] = typer.Option(None, "--out", help="write NNNNNN.txt, NNNNNN_bev.png, NNNNNN_camera.png here"),
+             out: Optional[Path] = OUT_OPT,
              lidar: Optional[Path] = typer.Option(None, "--lidar", help="single-file mode: velodyne .bin"),
              image: Optional[Path] = typer.Option(None, "--image", help="single-file mode: camera PNG"),
              calib: Optional[Path] = typer.Option(None, "--calib", help="single-file mode: KITTI calib .txt"),
              oxts: Optional[Path] = typer.Option(None, "--oxts", help="single-file mode: oxts packet (30 fields)"),
              point_dims: int = typer.Option(4, "--point-dims", help="4 (KITTI) or 5 (nuScenes .bin)"),
-             model: Optional[Path] = typer.Option(None, "--model", help="checkpoint (default: bundled)"),
+             model: Optional[Path] = MODEL_OPT,
              method: str = typer.Option("learned", "--method", help="learned or classical"),
-             device: str = typer.Option("auto", "--device"),
-             json_out: bool = typer.Option(False, "--json", help="one JSON line per frame")):
-    """Detect objects in each frame: KITTI result file, BEV and camera pictures, JSON with latency."""
-    run_command(_perceive, input, frame, out, lidar, image, calib, oxts, point_dims, model, method, device, json_out)
-
-
-def _perceive(input, frame, out, lidar, image, calib, oxts, point_dims, model, method, device, json_out):
-    from mmapps.errors import UserError
-
-    from .io import list_frames, load_files, load_frame, resolve_split, write_label
-    from .pipeline import Pipeline, Tracker
-    from .viz import bev_png, camera_png
-
-    if input is None:
-        if not (lidar and image and calib):
-            raise UserError("give a KITTI folder INPUT, or --lidar, --image and --calib together")
-        frames = [lambda: load_files(lidar, image, calib, oxts, point_dims)]
-        source = str(lidar.parent)
-    else:
-        if lidar or image or calib or oxts:
-            raise UserError("give either a KITTI folder INPUT or --lidar/--image/--calib, not both")
-        split = resolve_split(input)
-        ids = [f.strip() for f in frame.split(",")] if frame else list_frames(split)
-        frames = [lambda fid=fid: load_frame(split, fid, labels=False, dims=point_dims) for fid in ids]
-        source = str(split)
-    # Validate every input before writing anything: a bad frame leaves no partial output behind.
-    if len(frames) > 1 or out is not None:
-        for load in frames:
-            load()
-    pipe = Pipeline.from_checkpoint(model, device, method)
-    tracker = Tracker()
-    rows = []
-    for load in frames:
-        f = load()
-        res = pipe.perceive(f, tracker)
-        kitti = res.pop("kitti")
-        res["input"] = source
-        if out is not None:
-            write_label(out / f"{f.id}.txt", kitti)
-            bev_png(out / f"{f.id}_bev.png", f, res["objects"])
-            camera_png(out / f"{f.id}_camera.png", f, res["objects"])
-            res["outputs"] = [str(out / f"{f.id}{s}") for s in (".txt", "_bev.png", "_camera.png")]
-        if json_out:
+             device: str = DEVICE_OPT,
+             json_out: bool = JSON_OPT):
+    """Detect objects in each frame: KITTI result file, BEV and camera pictures (with --out), JSON with latency."""
+    source = FrameSource(input, frame, lidar, image, calib, oxts, point_dims)
+    results = run_command(run_perceive, source, PerceiveOptions(out, model, method, device))
+    if json_out:
+        for res in results:
             emit_json(res)
-        rows += [{"frame": f.id, "class": o["class"], "score": o["score"], "x": o["box3d"]["x"], "y": o["box3d"]["y"],
-                  "track": o.get("track_id"), "latency_ms": res["latency_ms"]} for o in res["objects"]] or \
-            [{"frame": f.id, "class": "-", "latency_ms": res["latency_ms"]}]
-    if not json_out:
-        _table(f"driving perceive ({source})", rows)
+        return
+    rows = []
+    for res in results:
+        rows += [{"frame": res["frame"], "class": o["class"], "score": o["score"], "x": o["box3d"]["x"],
+                  "y": o["box3d"]["y"], "track": o.get("track_id"), "latency_ms": res["latency_ms"]}
+                 for o in res["objects"]] or [{"frame": res["frame"], "class": "-", "latency_ms": res["latency_ms"]}]
+    print_table(rows, f"driving perceive ({results[0]['input'] if results else '-'})")
 
 
 # ----------------------------------------------------------------------------------------------- demo hook
@@ -192,7 +236,9 @@ def demo(out_dir: Path) -> dict:
     from mmapps.paths import data_dir
 
     from .io import list_frames, load_frame, write_label
-    from .pipeline import Pipeline, Tracker
+    from .pipeline import Pipeline
+    from .preprocess import gt_boxes
+    from .tracking import Tracker
     from .viz import bev_png, camera_png
 
     split = data_dir() / "driving" / SAMPLES / "training"
@@ -202,11 +248,9 @@ def demo(out_dir: Path) -> dict:
     frames = []
     for fid in list_frames(split):
         f = load_frame(split, fid)
-        res = pipe.perceive(f, tracker, timing_repeats=1)
+        res = pipe.perceive(f, tracker)
         write_label(out_dir / f"{fid}.txt", res.pop("kitti"))
-        from .pipeline import gt_boxes
-
-        bev_png(out_dir / f"{fid}_bev.png", f, res["objects"], list(gt_boxes(f, pipe.cfg)[0]))
+        bev_png(out_dir / f"{fid}_bev.png", f, res["objects"], list(gt_boxes(f, pipe.config)[0]))
         camera_png(out_dir / f"{fid}_camera.png", f, res["objects"])
         frames.append({"frame": fid, "objects": len(res["objects"]), "labelled": len(
             [o for o in f.labels or [] if o.type != "DontCare"]), "latency_ms": res["latency_ms"],

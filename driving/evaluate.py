@@ -5,13 +5,19 @@ IoU 0.7 Car, 0.5 Pedestrian/Cyclist; difficulty by 2D box height (40/25/25 px), 
 truncation (0.15/0.3/0.5); Van is a neighbour class of Car and Person_sitting of Pedestrian (matched
 detections are ignored, never false positives); detections inside DontCare regions are ignored;
 detections lower than the difficulty's minimum height are ignored.
-Rotated IoU uses our own Sutherland-Hodgman clipping of convex quads (no shapely).
+Rotated IoU: driving.geometry.
 """
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import numpy as np
 
-from .io import CLASSES, Object3D
+from mmapps.errors import UserError
+
+from .geometry import bev_corners, clip_polygon, polygon_area, rotated_intersection  # noqa: F401 (re-exported)
+from .io import CLASSES, Object3D, list_frames, load_frame
 
 MIN_HEIGHT = (40, 25, 25)
 MAX_OCCLUSION = (0, 1, 2)
@@ -19,58 +25,6 @@ MAX_TRUNCATION = (0.15, 0.3, 0.5)
 DIFFICULTIES = ("easy", "moderate", "hard")
 IOU_THRESH = {"Car": 0.7, "Pedestrian": 0.5, "Cyclist": 0.5}
 NEIGHBOUR = {"Car": "Van", "Pedestrian": "Person_sitting"}
-
-
-# ----------------------------------------------------------------------------------------------- geometry
-def polygon_area(p: np.ndarray) -> float:
-    if len(p) < 3:
-        return 0.0
-    x, y = p[:, 0], p[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-
-
-def clip_polygon(subject: np.ndarray, clip: np.ndarray) -> np.ndarray:
-    """Sutherland-Hodgman: intersection of a polygon with a convex counter-clockwise polygon."""
-    out = subject
-    for i in range(len(clip)):
-        if len(out) == 0:
-            break
-        a, b = clip[i], clip[(i + 1) % len(clip)]
-        edge = b - a
-
-        def inside(p):
-            return edge[0] * (p[1] - a[1]) - edge[1] * (p[0] - a[0]) >= -1e-12
-
-        def cross_point(p, q):
-            d = q - p
-            den = edge[0] * d[1] - edge[1] * d[0]
-            t = (edge[1] * (p[0] - a[0]) - edge[0] * (p[1] - a[1])) / den if abs(den) > 1e-15 else 0.0
-            return p + t * d
-
-        inp, out = out, []
-        for j in range(len(inp)):
-            p, q = inp[j], inp[(j + 1) % len(inp)]
-            if inside(q):
-                if not inside(p):
-                    out.append(cross_point(p, q))
-                out.append(q)
-            elif inside(p):
-                out.append(cross_point(p, q))
-        out = np.array(out) if out else np.zeros((0, 2))
-    return out
-
-
-def bev_corners(cx, cy, l, w, yaw) -> np.ndarray:
-    """Counter-clockwise [4, 2] rectangle with length l along the heading yaw."""
-    c, s = np.cos(yaw), np.sin(yaw)
-    d = np.array([[l / 2, w / 2], [-l / 2, w / 2], [-l / 2, -w / 2], [l / 2, -w / 2]])
-    pts = np.c_[cx + c * d[:, 0] - s * d[:, 1], cy + s * d[:, 0] + c * d[:, 1]]
-    return pts if polygon_area(pts) >= 0 else pts[::-1]
-
-
-def rotated_intersection(a, b) -> float:
-    """Area of the intersection of two rotated rectangles (cx, cy, l, w, yaw)."""
-    return abs(polygon_area(clip_polygon(bev_corners(*a), bev_corners(*b))))
 
 
 def _bev(o: Object3D):
@@ -251,3 +205,79 @@ def recall_within(gt_frames, det_frames, cls="Car", max_range=40.0, iou_thr=0.5,
             found += any(iou(d, g) >= iou_thr for d in ds)
     return {"recall": found / total if total else None, "found": found, "total": total,
             "max_range_m": max_range, "iou": iou_thr, "metric": metric}
+
+
+# ----------------------------------------------------------------------------------------------- a split
+ABLATIONS = {"fusion": ("lidar", "camera"), "lidar_only": ("lidar",), "camera_only": ("camera",)}
+
+
+def evaluate_split(split, pipe, ids=None, ablations: bool = True, workers: int = 1) -> dict:
+    """KITTI AP of the pipeline on a labelled split, plus modality ablations for the learned model."""
+    from mmapps.progress import track
+
+    ids = list(ids) if ids is not None else list_frames(Path(split))
+    # AP integrates over the whole score range: keep low-scored boxes too (perceive reports >= 0.3)
+    pipe = copy.copy(pipe)
+    pipe.score_thresh = min(pipe.score_thresh, 0.1)
+    modes = ABLATIONS if (ablations and pipe.method == "learned") else {"fusion": ("lidar", "camera")}
+    if workers > 1 and len(ids) > 1:
+        from mmapps.parallel import parallel_map
+
+        # each process rebuilds the pipeline from the same checkpoint; frames are split in chunks
+        n = min(workers, len(ids))
+        chunks = [(str(split), ids[i::n], pipe.path, pipe.method, pipe.score_thresh, modes) for i in range(n)]
+        parts = parallel_map(_detect_chunk, chunks, n, "evaluating")
+        order = {fid: k for k, fid in enumerate(ids)}
+        rows = sorted((r for part in parts for r in part), key=lambda r: order[r[0]])
+    else:
+        rows = [_detect_one(split, fid, pipe, modes) for fid in track(ids, "evaluating")]
+    gts = [r[1] for r in rows]
+    dets = {m: [r[2][m] for r in rows] for m in modes}
+    main = kitti_ap(gts, dets["fusion"])
+    result = {"split": str(split), "frames": len(ids), "method": pipe.method, **main,
+              "car_recall_40m": recall_within(gts, dets["fusion"], "Car", 40.0, 0.5, "bev")}
+    if len(modes) > 1:
+        result["ablations"] = {}
+        for m in modes:
+            ap = main if m == "fusion" else kitti_ap(gts, dets[m])
+            result["ablations"][m] = {"ap3d": ap["ap3d"], "apbev": ap["apbev"]}
+    else:
+        result["ablations"] = {}
+    return result
+
+
+def _detect_one(split, fid, pipe, modes) -> tuple:
+    frame = load_frame(split, fid)
+    if frame.labels is None:
+        raise UserError(f"{Path(split) / 'label_2' / (fid + '.txt')}: evaluation needs labels")
+    return fid, frame.labels, {m: pipe.to_objects(frame, pipe.detect(frame, mods)) for m, mods in modes.items()}
+
+
+def _detect_chunk(args) -> list[tuple]:
+    split, ids, model_path, method, thresh, modes = args
+    import torch
+
+    from .pipeline import load_pipeline
+
+    torch.set_num_threads(1)  # one process per core
+    pipe = load_pipeline(model_path, "cpu", method, score_thresh=thresh)
+    return [_detect_one(split, fid, pipe, modes) for fid in ids]
+
+
+def frame_counts(gts: list[Object3D], dets: list[Object3D], cls: str = "Car", iou_thr: float = 0.5, metric: str = "bev",
+                 max_range: float = 50.0) -> dict:
+    """One frame, as a user would count it: labelled ``cls`` objects within ``max_range`` found / missed at the
+    IoU, and detections within ``max_range`` (any class) that overlap no labelled object at all ("false").
+
+    A detection overlaps a label when their BEV footprints intersect; detections whose 2D box lies mostly (> 50 %
+    of its area) inside a DontCare region are not counted as false (the devkit's DontCare criterion)."""
+    iou = iou_3d if metric == "3d" else iou_bev
+    targets = [g for g in gts if g.type == cls and np.hypot(g.x, g.z) <= max_range]
+    near = [d for d in dets if np.hypot(d.x, d.z) <= max_range]
+    found = sum(any(d.type == cls and iou(d, g) >= iou_thr for d in near) for g in targets)
+    labelled = [g for g in gts if g.type != "DontCare"]
+    dont_care = [g.box2d for g in gts if g.type == "DontCare"]
+    false = sum(not any(rotated_intersection(_bev(d), _bev(g)) > 0 for g in labelled)
+                and not any(_box2d_overlap_det(d.box2d, dc) > 0.5 for dc in dont_care) for d in near)
+    return {"found": found, "missed": len(targets) - found, "false": false, "labelled": len(targets),
+            "detections": len(near)}

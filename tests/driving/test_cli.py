@@ -1,7 +1,7 @@
 """The `mmapps driving` CLI through Typer's CliRunner, the Python API and tracking."""
 import json
+import shutil
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -63,6 +63,45 @@ def test_bad_bin_refused_and_nothing_written(kitti_real, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+@needs_model
+def test_perceive_reads_and_detects_each_frame_once(syn_root, tmp_path, monkeypatch):
+    """Several frames with --out: every frame is read from disk once and the detector runs once per frame."""
+    import driving.io
+    from driving.pipeline import Pipeline
+
+    reads, forwards = [], []
+    read = driving.io.read_velodyne
+    forward = Pipeline._forward
+    monkeypatch.setattr(driving.io, "read_velodyne", lambda path, *a, **k: reads.append(path) or read(path, *a, **k))
+    monkeypatch.setattr(Pipeline, "_forward", lambda self, inputs: forwards.append(1) or forward(self, inputs))
+    r = runner.invoke(app, ["perceive", str(syn_root), "--out", str(tmp_path / "out"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(_lines(r.stdout)) == 3 and len(reads) == 3 and len(forwards) == 3
+    assert len(list((tmp_path / "out").glob("*_camera.png"))) == 3
+    assert not list((tmp_path / "out").glob(".perceive-partial-*"))
+
+
+@needs_model
+def test_a_bad_frame_after_good_ones_leaves_no_output(syn_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(syn_root / "training", data / "training")
+    (data / "training/velodyne/000002.bin").write_bytes(b"\0" * 17)
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["perceive", str(data), "--out", str(out), "--json"])
+    assert r.exit_code == 2 and "000002.bin" in r.stderr
+    assert not list(out.iterdir()) and not r.stdout.strip()
+
+
+def test_classical_needs_no_checkpoint_and_threads_is_a_keyword(syn_root):
+    from driving.io import load_frame
+    from driving.pipeline import Pipeline
+
+    pipe = Pipeline.classical(threads=2)
+    assert pipe.model is None and pipe.threads == 2 and "threads" not in getattr(Pipeline, "__dataclass_fields__", {})
+    res = pipe.perceive(load_frame(syn_root / "training", "000000"))
+    assert res["method"] == "classical" and res["objects"]
+
+
 def test_usage_errors(tmp_path):
     r = runner.invoke(app, ["perceive", "--json"])
     assert r.exit_code == 2 and r.stderr.startswith("error:")
@@ -96,7 +135,7 @@ def test_evaluate_learned_with_ablations(syn_root):
 def test_python_api_and_tracking(syn_root):
     from driving import Pipeline
     from driving.io import load_frame
-    from driving.pipeline import Tracker
+    from driving.tracking import Tracker
 
     import torch
 
@@ -105,7 +144,7 @@ def test_python_api_and_tracking(syn_root):
     ids_per_frame = []
     threads = torch.get_num_threads()
     for fid in ("000000", "000001", "000002"):
-        res = pipe.perceive(load_frame(syn_root / "training", fid), tracker, timing_repeats=1)
+        res = pipe.perceive(load_frame(syn_root / "training", fid), tracker)
         ids_per_frame.append({o["track_id"] for o in res["objects"]})
         assert all("world" in o and "velocity" in o for o in res["objects"])
     assert ids_per_frame[0] & ids_per_frame[2], "some objects keep their track id over the sequence"
@@ -115,7 +154,7 @@ def test_python_api_and_tracking(syn_root):
 def test_tracker_on_labels_compensates_ego_motion(syn_root):
     """Ground-truth boxes through the tracker: parked cars read ~0 m/s although the ego moves."""
     from driving.io import label_to_lidar_box, load_frame
-    from driving.pipeline import Tracker
+    from driving.tracking import Tracker
 
     tracker = Tracker()
     for fid in ("000000", "000001", "000002"):
@@ -149,7 +188,8 @@ def test_demo_hook(tmp_path):
 
 @needs_model
 def test_evaluate_workers_match_inline(syn_root):
-    from driving.pipeline import Pipeline, evaluate_split
+    from driving.evaluate import evaluate_split
+    from driving.pipeline import Pipeline
 
     pipe = Pipeline.from_checkpoint()
     a = evaluate_split(syn_root / "training", pipe, ablations=False, workers=1)
@@ -171,6 +211,6 @@ def test_train_cli_resume_and_reload(syn_root, tmp_path):
     assert r.exit_code == 0, r.output
     assert _lines(r.stdout)[0]["history"]["epoch"] == 2
     pipe = Pipeline.from_checkpoint(out)
-    assert pipe.cfg.width == 8 and pipe.cfg.fusion == "weighted"
+    assert pipe.config.width == 8 and pipe.config.fusion == "weighted"
     r = runner.invoke(app, ["train", str(syn_root), "--out", str(out), "--fusion", "concatt"])
     assert r.exit_code == 2 and "did you mean 'concat'" in r.stderr

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from driving import io
-from driving.models import (BEVFusionDetector, DetectorConfig, classical_detect, decode, encode_targets,
-                            lidar_bev, rotated_nms)
-from driving.pipeline import FrameDataset, gt_boxes, make_sample
+from driving.boxes import decode, encode_targets, rotated_nms
+from driving.classical import classical_detect
+from driving.models import BEVFusionDetector, DetectorConfig
+from driving.preprocess import gt_boxes, lidar_bev, make_sample
+from driving.train import FrameDataset
 from mmapps.data import collate_samples
 
 

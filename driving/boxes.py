@@ -1,0 +1,83 @@
+"""Boxes <-> the CenterPoint-style head: training targets, peak decoding and rotated BEV NMS."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .geometry import rotated_intersection
+from .models import DetectorConfig
+
+
+def encode_targets(boxes: np.ndarray, classes: np.ndarray, cfg: DetectorConfig) -> dict:
+    """Heatmap [C, hx, hy] with Gaussian peaks + regression [8, hx, hy] + mask at the box centres."""
+    st = cfg.cell * cfg.stride
+    hx, hy = cfg.nx // cfg.stride, cfg.ny // cfg.stride
+    heat = np.zeros((len(cfg.classes), hx, hy), np.float32)
+    reg = np.zeros((8, hx, hy), np.float32)
+    mask = np.zeros((hx, hy), np.float32)
+    gx = np.arange(hx)[:, None]
+    gy = np.arange(hy)[None, :]
+    for b, c in zip(boxes, classes):
+        fx = (b[0] - cfg.x_range[0]) / st
+        fy = (b[1] - cfg.y_range[0]) / st
+        cx, cy = int(fx), int(fy)
+        if not (0 <= cx < hx and 0 <= cy < hy):
+            continue
+        sigma = max(0.75, math.sqrt(b[3] * b[4]) / st / 4)
+        g = np.exp(-((gx - cx) ** 2 + (gy - cy) ** 2) / (2 * sigma ** 2))
+        heat[c] = np.maximum(heat[c], g)
+        reg[:, cx, cy] = [fx - cx, fy - cy, b[2], math.log(b[3]), math.log(b[4]), math.log(b[5]),
+                          math.sin(b[6]), math.cos(b[6])]
+        mask[cx, cy] = 1.0
+    return {"heatmap": torch.from_numpy(heat), "regression": torch.from_numpy(reg), "mask": torch.from_numpy(mask)}
+
+
+def decode(out: dict, cfg: DetectorConfig, score_thresh: float = 0.2, max_objects: int = 60) -> list[list[dict]]:
+    """Peaks of the class heatmaps -> boxes (lidar frame) per sample, then rotated BEV NMS."""
+    heat = torch.sigmoid(out["heatmap"])
+    peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
+    B, C, hx, hy = heat.shape
+    st = cfg.cell * cfg.stride
+    results = []
+    for b in range(B):
+        scores, idx = peaks[b].reshape(-1).topk(min(max_objects * 2, peaks[b].numel()))
+        keep = scores > score_thresh
+        scores, idx = scores[keep], idx[keep]
+        cls = idx // (hx * hy)
+        rem = idx % (hx * hy)
+        ix, iy = rem // hy, rem % hy
+        r = out["regression"][b][:, ix, iy].T  # [K, 8]
+        x = (ix.float() + r[:, 0]) * st + cfg.x_range[0]
+        y = (iy.float() + r[:, 1]) * st + cfg.y_range[0]
+        dims = r[:, 3:6].clamp(-3, 3).exp()
+        yaw = torch.atan2(r[:, 6], r[:, 7])
+        boxes = torch.stack([x, y, r[:, 2], dims[:, 0], dims[:, 1], dims[:, 2], yaw], 1).numpy()
+        dets = [{"class": cfg.classes[int(c)], "score": float(s), "box3d": bx}
+                for c, s, bx in zip(cls.tolist(), scores.tolist(), boxes)]
+        results.append(rotated_nms(dets)[:max_objects])
+    return results
+
+
+def rotated_nms(dets: list[dict], iou_thresh: float = 0.1) -> list[dict]:
+    """Greedy per-class NMS with rotated BEV IoU (boxes in the lidar frame)."""
+    dets = sorted(dets, key=lambda d: -d["score"])
+    kept: list[dict] = []
+    for d in dets:
+        b = d["box3d"]
+        ok = True
+        for k in kept:
+            if k["class"] != d["class"]:
+                continue
+            kb = k["box3d"]
+            if abs(kb[0] - b[0]) > (kb[3] + b[3]) or abs(kb[1] - b[1]) > (kb[3] + b[3]):
+                continue
+            inter = rotated_intersection((b[0], b[1], b[3], b[4], b[6]), (kb[0], kb[1], kb[3], kb[4], kb[6]))
+            if inter / (b[3] * b[4] + kb[3] * kb[4] - inter) > iou_thresh:
+                ok = False
+                break
+        if ok:
+            kept.append(d)
+    return kept
