@@ -107,6 +107,11 @@ def check_text(text: str, where: str = "--text") -> str:
         raise UserError(f"{where}: the text has {len(text)} characters; at most {MAX_TEXT} are accepted")
     if "\x00" in text:
         raise UserError(f"{where}: the text contains NUL characters")
+    try:
+        text.encode("utf-8")  # an invalid byte in argv arrives as a lone surrogate (surrogateescape)
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where}: the text is not valid UTF-8 (byte 0x{ord(text[e.start]) & 0xff:02x} at "
+                        f"character {e.start + 1})") from None
     return text
 
 
@@ -132,7 +137,9 @@ def read_snips(folder) -> list[dict]:
     for n, p in files.items():
         if not p.is_file():
             raise UserError(f"{folder}: not a SNIPS/JointBERT folder ({n} missing)")
-    lines = {n: p.read_text(encoding="utf-8").splitlines() for n, p in files.items()}
+    from mmapps.inputs import read_text
+
+    lines = {n: read_text(p, what="SNIPS file").splitlines() for n, p in files.items()}
     if not (len(lines["seq.in"]) == len(lines["seq.out"]) == len(lines["label"])):
         raise UserError(f"{folder}: seq.in, seq.out and label have different line counts "
                         f"({len(lines['seq.in'])}, {len(lines['seq.out'])}, {len(lines['label'])})")
@@ -151,16 +158,19 @@ def read_snips(folder) -> list[dict]:
 
 def read_clinc(path, splits=("train", "oos_train")) -> list[dict]:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid CLINC150 JSON ({e})") from e
+    from mmapps.inputs import read_json
+
+    data = read_json(path, what="CLINC150 file")  # capped, strict UTF-8, no RecursionError on deep nesting
     if not isinstance(data, dict) or not any(k in data for k in splits):
         raise UserError(f"{path}: not a CLINC150 file (expected keys like {', '.join(splits)})")
     out = []
     for split in splits:
-        for item in data.get(split, []):
-            if not (isinstance(item, list) and len(item) == 2 and str(item[0]).strip()):
+        items = data.get(split, [])
+        if not isinstance(items, list):
+            raise UserError(f"{path}: {split} must be a list of [text, intent] pairs; got {type(items).__name__}")
+        for item in items:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and item[0].strip()
+                    and isinstance(item[1], str)):
                 raise UserError(f"{path}: {split} items must be [text, intent]; got {str(item)[:60]}")
             intent = OOS if split.startswith("oos") or item[1] == "oos" else str(item[1])
             out.append(_example(item[0], intent, split=split))
@@ -170,17 +180,25 @@ def read_clinc(path, splits=("train", "oos_train")) -> list[dict]:
 def read_manifest(path) -> list[dict]:
     path = Path(path)
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    from mmapps.inputs import parse_json, read_text
+
+    for i, line in enumerate(read_text(path, what="manifest").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = parse_json(line, path, "manifest line", line=i)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: line {i} is not JSON ({e.msg})") from e
         if not isinstance(rec, dict) or not str(rec.get("text", "")).strip() or "intent" not in rec:
             raise UserError(f"{path}: line {i} needs 'text' and 'intent'")
         tags = rec.get("tags")
         tokens = tokenize(rec["text"])
+        for key, kinds in (("text", str), ("intent", (str, int)), ("audio", str), ("tags", list), ("voice", str)):
+            if rec.get(key) is not None and (not isinstance(rec[key], kinds) or isinstance(rec[key], bool)):
+                raise UserError(f"{path}: line {i}: '{key}' must be {'a list of tags' if key == 'tags' else 'text'}; "
+                                f"got {type(rec[key]).__name__}")
+        if tags is not None and not all(isinstance(t, str) for t in tags):
+            raise UserError(f"{path}: line {i}: 'tags' must be a list of strings such as 'O' or 'B-artist'")
         if tags is not None and len(tags) != len(tokens):
             raise UserError(f"{path}: line {i} has {len(tags)} tags for {len(tokens)} words")
         audio = rec.get("audio")
