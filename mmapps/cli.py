@@ -11,8 +11,10 @@ from typing import Optional
 
 import typer
 
-from .cli_utils import _error_line_group, emit_json, fail, print_table, run_command
+from .cli_utils import _error_line_group, emit_json, fail, print_table, run_command, quiet_library_output
 from .scenarios import get_scenario, list_scenarios
+
+quiet_library_output()
 
 app = typer.Typer(cls=_error_line_group(), no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,

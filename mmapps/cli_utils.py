@@ -53,6 +53,17 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def quiet_library_output() -> None:
+    """Library chatter that is not ours to print on the CLI's stderr: the tqdm bars and info logs of Hugging Face
+    model loading ("Loading weights: 100%"). mmapps shows its own progress (rich, on stderr). Set by the root CLI
+    only, with setdefault, so a user's own settings win."""
+    import os
+
+    for key, value in (("TQDM_DISABLE", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
+                       ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
+
+
 def fail(message: str, code: int = 2):
     """One 'error:' line on stderr and exit (2 = bad input or usage)."""
     import typer

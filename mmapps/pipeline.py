@@ -99,6 +99,7 @@ class Pipeline:
             raise CheckpointError(f"{path}: checkpoint config lacks the 'model' section")
         config = cls.config_from_checkpoint(conf["model"], path)
         check_finite_state(bundle["state_dict"], path)
+        check_shapes_before_building(cls.build_model, config, bundle["state_dict"], path)
         try:
             model = cls.build_model(config)
         except CheckpointError:
@@ -129,6 +130,30 @@ class Pipeline:
         with torch.no_grad():
             outputs = self._forward(inputs)
         return self.postprocess(outputs, inputs)
+
+
+def check_shapes_before_building(build, config, state: dict, path: str | os.PathLike) -> None:
+    """Build the model on torch's "meta" device (shapes only, no memory) and compare it with the stored weights.
+
+    A tampered config (a vocabulary of 10^9 words, a width of 10^6) would otherwise allocate gigabytes or
+    terabytes before ``load_state_dict`` notices the mismatch. A model that cannot be built on the meta device
+    (it loads files or computes on its weights) skips this check; the real build and load still validate it.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build(config).state_dict().items()}
+    except Exception:  # not meta-buildable: fall back to the checks of the real build
+        return
+    stored = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    wrong = [f"{k} {stored[k]} vs {shapes[k]}" for k in shapes if k in stored and stored[k] != shapes[k]]
+    missing = [k for k in shapes if k not in stored]
+    if wrong or missing:
+        detail = (f"{len(wrong)} with another shape, e.g. {wrong[0]}" if wrong
+                  else f"{len(missing)} missing, e.g. {missing[0]}")
+        raise CheckpointError(f"{path}: the stored config does not match the stored weights ({detail}); "
+                              f"a damaged or tampered checkpoint")
 
 
 def check_finite_state(state: dict, path: str | os.PathLike) -> None:
