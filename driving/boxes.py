@@ -61,21 +61,31 @@ def decode(out: dict, cfg: DetectorConfig, score_thresh: float = 0.2, max_object
     return results
 
 
-def rotated_nms(dets: list[dict], iou_thresh: float = 0.1) -> list[dict]:
-    """Greedy per-class NMS with rotated BEV IoU (boxes in the lidar frame)."""
+def rotated_nms(dets: list[dict], iou_thresh: float = 0.1, cross_class_overlap: float = 0.5) -> list[dict]:
+    """Greedy NMS over all classes with rotated BEV boxes (lidar frame), highest score first.
+
+    Same class: a box is dropped when its IoU with a kept box exceeds ``iou_thresh``. Another class: when the
+    intersection covers more than ``cross_class_overlap`` of the smaller footprint (IoU cannot see a pedestrian box
+    inside a car box: 0.5 m2 of 8 m2), because two real objects cannot stand in the same place, so a parked car
+    does not also get a Pedestrian box."""
     dets = sorted(dets, key=lambda d: -d["score"])
     kept: list[dict] = []
     for d in dets:
         b = d["box3d"]
+        area = b[3] * b[4]
         ok = True
         for k in kept:
-            if k["class"] != d["class"]:
-                continue
             kb = k["box3d"]
-            if abs(kb[0] - b[0]) > (kb[3] + b[3]) or abs(kb[1] - b[1]) > (kb[3] + b[3]):
+            reach = max(kb[3], kb[4]) + max(b[3], b[4])
+            if abs(kb[0] - b[0]) > reach or abs(kb[1] - b[1]) > reach:
                 continue
             inter = rotated_intersection((b[0], b[1], b[3], b[4], b[6]), (kb[0], kb[1], kb[3], kb[4], kb[6]))
-            if inter / (b[3] * b[4] + kb[3] * kb[4] - inter) > iou_thresh:
+            k_area = kb[3] * kb[4]
+            if k["class"] == d["class"]:
+                suppress = inter / (area + k_area - inter) > iou_thresh
+            else:
+                suppress = inter / max(min(area, k_area), 1e-6) > cross_class_overlap
+            if suppress:
                 ok = False
                 break
         if ok:

@@ -143,7 +143,7 @@ class FrameSource:
             raise UserError("give either a KITTI folder INPUT or --lidar/--image/--calib, not both")
         split = resolve_split(self.folder)
         ids = [f.strip() for f in self.frame_ids.split(",")] if self.frame_ids else list_frames(split)
-        return [lambda fid=fid: load_frame(split, fid, labels=False, dims=self.point_dims) for fid in ids], str(split)
+        return [lambda fid=fid: load_frame(split, fid, dims=self.point_dims) for fid in ids], str(split)
 
 
 @dataclass
@@ -168,7 +168,7 @@ def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
     from .io import write_label
     from .pipeline import load_pipeline
     from .tracking import Tracker
-    from .viz import bev_png, camera_png
+    from .viz import bev_png, camera_png, label_boxes
 
     if opts.out is not None:
         check_output_dir(opts.out)
@@ -189,8 +189,9 @@ def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
             if staging is not None:
                 names = [f"{f.id}.txt", f"{f.id}_bev.png", f"{f.id}_camera.png"]
                 write_label(staging / names[0], kitti)
-                bev_png(staging / names[1], f, res["objects"])
-                camera_png(staging / names[2], f, res["objects"])
+                labelled = label_boxes(f)  # drawn dashed when the folder has label_2
+                bev_png(staging / names[1], f, res["objects"], labelled)
+                camera_png(staging / names[2], f, res["objects"], labelled)
                 written += names
                 res["outputs"] = [str(opts.out / n) for n in names]
             results.append(res)
@@ -237,9 +238,8 @@ def demo(out_dir: Path) -> dict:
 
     from .io import list_frames, load_frame, write_label
     from .pipeline import Pipeline
-    from .preprocess import gt_boxes
     from .tracking import Tracker
-    from .viz import bev_png, camera_png
+    from .viz import bev_png, camera_png, label_boxes
 
     split = data_dir() / "driving" / SAMPLES / "training"
     pipe = Pipeline.from_checkpoint()
@@ -250,8 +250,8 @@ def demo(out_dir: Path) -> dict:
         f = load_frame(split, fid)
         res = pipe.perceive(f, tracker)
         write_label(out_dir / f"{fid}.txt", res.pop("kitti"))
-        bev_png(out_dir / f"{fid}_bev.png", f, res["objects"], list(gt_boxes(f, pipe.config)[0]))
-        camera_png(out_dir / f"{fid}_camera.png", f, res["objects"])
+        bev_png(out_dir / f"{fid}_bev.png", f, res["objects"], label_boxes(f))
+        camera_png(out_dir / f"{fid}_camera.png", f, res["objects"], label_boxes(f))
         frames.append({"frame": fid, "objects": len(res["objects"]), "labelled": len(
             [o for o in f.labels or [] if o.type != "DontCare"]), "latency_ms": res["latency_ms"],
             "tracks": sorted({o.get("track_id") for o in res["objects"]})})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import Frame, box_corners
+from .io import Frame, box_corners, label_to_lidar_box
 
 CLASS_COLOURS = {"Car": (0.1, 0.6, 1.0), "Pedestrian": (1.0, 0.3, 0.3), "Cyclist": (1.0, 0.8, 0.1),
                  "gt": (0.2, 0.9, 0.3)}
@@ -16,6 +16,19 @@ def _colour(cls):
     return CLASS_COLOURS.get(cls, (0.8, 0.8, 0.8))
 
 
+def label_boxes(frame: Frame) -> list[np.ndarray]:
+    """Lidar-frame boxes of every labelled object (any class but DontCare, which has no 3D box); [] without labels."""
+    return [label_to_lidar_box(o, frame.calib) for o in frame.labels or [] if o.type != "DontCare"]
+
+
+def _dashed(draw, a, b, fill, width=1, dash=6.0):
+    """PIL draws no dashed lines: alternate dash-long segments from a to b."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = max(1, int(np.linalg.norm(b - a) / dash))
+    for k in range(0, n, 2):
+        draw.line([tuple(a + (b - a) * k / n), tuple(a + (b - a) * min(k + 1, n) / n)], fill=fill, width=width)
+
+
 def bev_png(path, frame: Frame, objects: list[dict], gt_boxes: list | None = None, x_max: float = 70.0,
             y_abs: float = 40.0) -> Path:
     """Top view: lidar points coloured by height, detections (class colours, heading tick), GT (green, dashed)."""
@@ -23,6 +36,7 @@ def bev_png(path, frame: Frame, objects: list[dict], gt_boxes: list | None = Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from mmapps.io import atomic_path
 
@@ -52,7 +66,9 @@ def bev_png(path, frame: Frame, objects: list[dict], gt_boxes: list | None = Non
     ax.set_xlim(-y_abs, y_abs)
     ax.set_ylim(-10, x_max)
     ax.set_aspect("equal")
-    ax.set_xlabel("left  <-  y (m)  ->  right")
+    # the picture's horizontal axis is -y (left of the car on the left): label the ticks with y itself
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{-v:g}" if v else "0"))
+    ax.set_xlabel("y (m): + left of the car, - right")
     ax.set_ylabel("x forward (m)")
     ax.set_title(f"frame {frame.id}: {len(objects)} objects (BEV, lidar frame)", fontsize=9)
     handles = [plt.Line2D([], [], color=_colour(k), label=k) for k in ("Car", "Pedestrian", "Cyclist")]
@@ -66,8 +82,9 @@ def bev_png(path, frame: Frame, objects: list[dict], gt_boxes: list | None = Non
     return Path(path)
 
 
-def camera_png(path, frame: Frame, objects: list[dict]) -> Path:
-    """The camera image with the 3D boxes projected (front face thicker) and class/score tags."""
+def camera_png(path, frame: Frame, objects: list[dict], gt_boxes: list | None = None) -> Path:
+    """The camera image with the 3D boxes projected (front face thicker) and class/score tags; labelled boxes
+    (``gt_boxes``, lidar frame) dashed in green."""
     from PIL import Image, ImageDraw
 
     from mmapps.io import atomic_path
@@ -75,6 +92,13 @@ def camera_png(path, frame: Frame, objects: list[dict]) -> Path:
     im = Image.fromarray(np.ascontiguousarray(frame.image)).convert("RGB")
     draw = ImageDraw.Draw(im)
     edges = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]
+    green = tuple(int(255 * v) for v in CLASS_COLOURS["gt"])
+    for b in gt_boxes or []:
+        uv, depth = frame.calib.lidar_to_image(box_corners(np.asarray(b)))
+        if (depth < 0.5).any():
+            continue
+        for i, j in edges:
+            _dashed(draw, uv[i], uv[j], green, width=2)
     for o in objects:
         b = o["box3d"]
         box = np.array([b["x"], b["y"], b["z"], b["l"], b["w"], b["h"], b["yaw"]])
@@ -88,6 +112,8 @@ def camera_png(path, frame: Frame, objects: list[dict]) -> Path:
             draw.line([tuple(uv[i]), tuple(uv[j])], fill=col, width=3 if front else 1)
         l, t = uv.min(0)
         draw.text((float(l), float(t) - 11), f"{o['class']} {o['score']:.2f}", fill=col)
+    if gt_boxes:
+        draw.text((8, 8), "dashed green: labels (label_2)", fill=green)
     with atomic_path(path, suffix=".png") as tmp:
         im.save(tmp, format="PNG")
     return Path(path)

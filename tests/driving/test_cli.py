@@ -30,6 +30,12 @@ def test_perceive_real_frame(kitti_real, tmp_path):
     assert all(len(l.split()) == 16 for l in lines)
     assert (tmp_path / "000001_bev.png").stat().st_size > 10_000
     assert (tmp_path / "000001_camera.png").stat().st_size > 10_000
+    # the folder has label_2: the labels are drawn (dashed, in the label green) on the camera picture
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(tmp_path / "000001_camera.png").convert("RGB")).reshape(-1, 3)
+    assert (pixels == (51, 229, 76)).all(1).sum() > 50
     for o in res["objects"]:
         assert o["class"] in ("Car", "Pedestrian", "Cyclist") and 0 < o["score"] <= 1
         assert set(o["box3d"]) == {"x", "y", "z", "l", "w", "h", "yaw"} and len(o["box2d"]) == 4

@@ -2,11 +2,11 @@
 import copy
 import math
 
-import numpy as np
 import pytest
 
-from driving.evaluate import (bev_corners, clip_polygon, iou_3d, iou_bev, kitti_ap, polygon_area,
-                              recall_within)
+from driving.evaluate import recall_within
+from driving.geometry import bev_corners, clip_polygon, polygon_area
+from driving.kitti_eval import iou_3d, iou_bev, kitti_ap, sample_thresholds
 from driving.io import Object3D
 
 
@@ -48,14 +48,39 @@ def test_iou_shifted_rotated_and_height():
     assert iou_bev(a, det(a, ry=a.ry + math.pi)) == pytest.approx(1)  # heading flip: same footprint
 
 
-def test_perfect_detections_give_ap_one():
-    gts = [[obj(x=-5), obj("Pedestrian", x=3, l=0.8, w=0.6, h=1.7), obj("Cyclist", x=6, l=1.8, w=0.6, h=1.7)],
-           [obj(x=2, z=30)]]
-    dets = [[det(o) for o in f] for f in gts]
+def forty(shift=None):
+    """40 frames, each with one easy Car and one easy Pedestrian and their perfect detections (scores 0.50..0.89)."""
+    gts, dets = [], []
+    for i in range(40):
+        car, ped = obj(x=-5, z=10 + i), obj("Pedestrian", x=3, z=10 + i, l=0.8, w=0.6, h=1.7, box2d=(300, 100, 330, 170))
+        d = det(car, 0.5 + i / 100, **(shift or {}))
+        gts.append([car, ped])
+        dets.append([d, det(ped, 0.5 + i / 100)])
+    return gts, dets
+
+
+def test_r40_skips_the_first_recall_point():
+    """Reference algorithm by hand: thresholds are the true positives' scores sampled at recall steps; AP_R40 sums
+    the monotone precision at sampled points 1..40 (point 0 is skipped, points not reached count 0)."""
+    one = obj()
+    assert kitti_ap([[one]], [[det(one)]])["ap3d"]["Car"]["moderate"] == 0.0  # 1 threshold -> only point 0
+    two = [[obj(x=-5), obj(x=5)]]
+    r = kitti_ap(two, [[det(o, s) for o, s in zip(two[0], (0.9, 0.8))]])
+    assert r["ap3d"]["Car"]["moderate"] == pytest.approx(1 / 40, abs=1e-4)  # 2 thresholds: point 1 has precision 1
+    gts, dets = forty()
     r = kitti_ap(gts, dets)
-    for cls in ("Car", "Pedestrian", "Cyclist"):
-        assert r["ap3d"][cls]["moderate"] == pytest.approx(1.0)
-        assert r["apbev"][cls]["easy"] == pytest.approx(1.0)
+    for cls in ("Car", "Pedestrian"):
+        assert r["ap3d"][cls]["moderate"] == pytest.approx(39 / 40, abs=1e-4)  # 40 thresholds: points 1..39
+        assert r["apbev"][cls]["easy"] == pytest.approx(39 / 40, abs=1e-4) and r["ap2d"][cls]["hard"] == pytest.approx(39 / 40, abs=1e-4)
+    assert r["ap3d"]["Cyclist"]["moderate"] is None
+
+
+def test_threshold_sampling_takes_one_score_per_recall_step():
+    scores = [1 - i / 100 for i in range(80)]
+    picked = sample_thresholds(scores, 80)
+    # by hand: recall steps of 1/80 against sampling points of 1/40 keep scores 0, 1, 3, 5, ..., 77 and the last
+    assert picked == [scores[i] for i in [0, 1, *range(3, 78, 2), 79]] and len(picked) == 41
+    assert sample_thresholds(scores[:40], 40) == scores[:40]
 
 
 def test_no_detections_and_unfound_class():
@@ -68,39 +93,58 @@ def test_no_detections_and_unfound_class():
 
 def test_shifted_boxes_pass_bev_fail_3d_threshold():
     g = obj()
-    d = det(g, x=0.6)  # IoU = 3.4*2 / (16 - 6.8) = 0.739 BEV; with height shift 3D falls below 0.7
-    d.y = g.y - 0.2
+    d = det(g, x=0.6, y=g.y - 0.2)  # IoU = 3.4*2 / (16 - 6.8) = 0.739 BEV; with the height shift 3D falls below 0.7
     assert iou_bev(g, d) > 0.7 > iou_3d(g, d)
-    r = kitti_ap([[g]], [[d]])
-    assert r["apbev"]["Car"]["moderate"] == pytest.approx(1.0)
+    gts, dets = forty(shift={"x": -5 + 0.6, "y": g.y - 0.2})
+    r = kitti_ap(gts, dets)
+    assert r["apbev"]["Car"]["moderate"] == pytest.approx(39 / 40, abs=1e-4)
     assert r["ap3d"]["Car"]["moderate"] == 0.0
 
 
-def test_false_positive_ranked_first_halves_early_precision():
-    gts = [[obj(x=-5), obj(x=5)]]
-    dets = [[det(gts[0][0], 0.8), det(gts[0][1], 0.7), det(obj(x=0, z=50), 0.95)]]
-    ap = kitti_ap(gts, dets)["ap3d"]["Car"]["moderate"]
-    # precision at recall 0.5 is 1/2, at recall 1 is 2/3 -> interpolated 2/3 everywhere
-    assert ap == pytest.approx(2 / 3, abs=1e-3)
-    # a low-scored false positive does not hurt: the PR curve reaches recall 1 before it
-    dets2 = [[det(gts[0][0], 0.8), det(gts[0][1], 0.7), det(obj(x=0, z=50), 0.1)]]
-    assert kitti_ap(gts, dets2)["ap3d"]["Car"]["moderate"] == pytest.approx(1.0)
+def test_false_positive_ranked_first():
+    gts, dets = forty()
+    fp = det(obj(x=0, z=60), 0.95)
+    r = kitti_ap(gts + [[]], dets + [[fp]])
+    # by hand: at the k-th threshold tp = k+1, fp = 1 -> precision (k+1)/(k+2), monotone max 40/41 at points 1..39
+    assert r["ap3d"]["Car"]["moderate"] == pytest.approx(39 / 41, abs=1e-4)
+    low = det(obj(x=0, z=60), 0.1)  # below every sampled threshold: it never counts
+    assert kitti_ap(gts + [[]], dets + [[low]])["ap3d"]["Car"]["moderate"] == pytest.approx(39 / 40, abs=1e-4)
 
 
-def test_van_person_sitting_and_dontcare_are_not_false_positives():
-    van = obj("Van")
-    sitting = obj("Person_sitting", x=4, l=0.8, w=0.6, h=1.2)
+def test_van_person_sitting_ignored_and_dontcare_for_2d_only():
+    gts, dets = forty()
+    van = obj("Van", x=0, z=20)
+    sitting = obj("Person_sitting", x=4, z=20, l=0.8, w=0.6, h=1.2, box2d=(300, 100, 330, 170))
     dc = Object3D("DontCare", -1, -1, -10, (500, 100, 600, 200), -1, -1, -1, -1000, -1000, -1000, -10)
-    car = obj(x=-6)
-    gts = [[van, sitting, dc, car]]
-    dets = [[det(car, 0.5), det(van, 0.9, type="Car"),
-             det(sitting, 0.9, type="Pedestrian"),
-             det(obj(x=0, z=40, box2d=(510, 110, 590, 190)), 0.95)]]  # inside the DontCare region
-    r = kitti_ap(gts, dets)
-    assert r["ap3d"]["Car"]["moderate"] == pytest.approx(1.0)
-    # without the DontCare row the same detection is a false positive ranked first
-    r2 = kitti_ap([[van, sitting, car]], dets)
-    assert r2["ap3d"]["Car"]["moderate"] == pytest.approx(0.5)
+    extra = [det(van, 0.9, type="Car"), det(sitting, 0.9, type="Pedestrian"),
+             det(obj(x=0, z=40, box2d=(510, 110, 590, 190)), 0.95)]  # a Car inside the DontCare region
+    r = kitti_ap(gts + [[van, sitting, dc]], dets + [extra])
+    assert r["ap3d"]["Pedestrian"]["moderate"] == pytest.approx(39 / 40, abs=1e-4)  # the det on Person_sitting: ignored
+    assert r["ap2d"]["Car"]["moderate"] == pytest.approx(39 / 40, abs=1e-4)  # 2D: DontCare drops the false positive
+    assert r["ap3d"]["Car"]["moderate"] == pytest.approx(39 / 41, abs=1e-4)  # 3D / BEV: the reference keeps it
+    assert r["apbev"]["Car"]["moderate"] == pytest.approx(39 / 41, abs=1e-4)
+    # the Van-matched Car is ignored: as a Truck (another class) it becomes a second false positive ranked first
+    r2 = kitti_ap(gts + [[det(van, type="Truck"), obj("Misc", x=4, z=20, box2d=(300, 100, 330, 170)), dc]],
+                  dets + [extra])
+    assert r2["ap3d"]["Car"]["moderate"] == pytest.approx(39 / 42, abs=1e-4)  # precision (k+1)/(k+3) -> 40/42 at points 1..39
+    assert r2["ap3d"]["Pedestrian"]["moderate"] == pytest.approx(39 / 41, abs=1e-4)
+
+
+def test_low_detections_are_ignored_whatever_their_class():
+    """The reference marks a detection lower than the minimum height 'ignored' before it looks at the class. In the
+    pass that collects true-positive scores a label takes the highest-scoring such detection, so a small Pedestrian
+    box scored 0.99 on a small Car label hides the Car detection's score (0.3) from the threshold sampling."""
+    gts, dets = forty()
+    small = obj(x=0, z=60, box2d=(100, 100, 150, 130))  # 30 px: counted for moderate
+    car = det(small, 0.3)
+    tiny_ped = det(small, 0.99, type="Pedestrian", box2d=(100, 100, 150, 120))  # 20 px: below moderate's 25
+    r = kitti_ap(gts + [[small]], dets + [[car, tiny_ped]])
+    assert r["n_gt"]["Car"]["moderate"] == 41
+    # thresholds come from the 40 other scores only; precision is 1 at each of them
+    n = len(sample_thresholds([0.5 + i / 100 for i in range(40)], 41))
+    assert n == 40 and r["ap3d"]["Car"]["moderate"] == pytest.approx((n - 1) / 40, abs=1e-4)
+    # without the small Pedestrian the 0.3 score is sampled too: 41 thresholds, every point 1..40 at precision 1
+    assert kitti_ap(gts + [[small]], dets + [[car]])["ap3d"]["Car"]["moderate"] == pytest.approx(1.0)
 
 
 def test_difficulty_by_height_occlusion_truncation():

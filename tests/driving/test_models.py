@@ -87,6 +87,17 @@ def test_rotated_nms_keeps_separate_boxes():
     assert [k["score"] for k in kept] == [0.9, 0.7]
 
 
+def test_nms_across_classes():
+    car = {"class": "Car", "score": 0.9, "box3d": np.array([10, 0, -1, 4, 1.8, 1.5, 0.3])}
+    ped_inside = {"class": "Pedestrian", "score": 0.6, "box3d": np.array([10.5, 0.2, -1, 0.8, 0.6, 1.7, 0.0])}
+    ped_beside = {"class": "Pedestrian", "score": 0.5, "box3d": np.array([10, 1.6, -1, 0.8, 0.6, 1.7, 0.3])}
+    kept = rotated_nms([ped_inside, car, ped_beside])
+    assert [k["score"] for k in kept] == [0.9, 0.5]  # the Pedestrian on the parked car goes, the one beside stays
+    # a stronger Pedestrian wins over a weak Car box around it (highest score first, whatever the class)
+    weak_car = dict(car, score=0.4)
+    assert [k["class"] for k in rotated_nms([weak_car, ped_inside])] == ["Pedestrian"]
+
+
 def test_classical_finds_cars(frame):
     dets = classical_detect(frame.points)
     boxes, cls = gt_boxes(frame, DetectorConfig())
