@@ -169,14 +169,14 @@ def check_generic(cfg, prefix: str = "") -> None:
                     raise UserError(f"{name} must be >= {low} (a size); got {v!r}")
 
 
-def validate(cfg) -> None:
+def validate(cfg, _prefix: str = "") -> None:
     """Call ``validate()`` on the config and every nested dataclass that defines it, after the generic rules
-    (finite numbers, positive sizes)."""
+    (finite numbers, positive sizes; messages name the dotted key, e.g. ``model.encoder_dim``)."""
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if dataclasses.is_dataclass(v):
-            validate(v)
-    check_generic(cfg)
+            validate(v, f"{_prefix}{f.name}.")
+    check_generic(cfg, _prefix)
     if hasattr(cfg, "validate"):
         cfg.validate()
 

@@ -57,8 +57,15 @@ def read_bytes(path: str | os.PathLike, max_bytes: int | None = None, what: str 
     cap = LIMITS.file_bytes if max_bytes is None else max_bytes
     if path.stat().st_size > cap:
         raise UserError(f"{path}: {path.stat().st_size:,} bytes is more than the {cap:,}-byte limit for a {what}")
-    with open(path, "rb") as f:
-        data = f.read(cap + 1)
+    chunks, total = [], 0
+    with open(path, "rb") as f:  # in chunks: f.read(n) would allocate n bytes up front
+        while total <= cap:
+            chunk = f.read(min(1 << 24, cap + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    data = b"".join(chunks)
     if len(data) > cap:
         raise UserError(f"{path}: more than the {cap:,}-byte limit for a {what}")
     return data
