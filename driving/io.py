@@ -27,22 +27,33 @@ def read_velodyne(path, dims: int = 4) -> np.ndarray:
     path = Path(path)
     if dims not in (4, 5):
         raise UserError(f"point dims must be 4 (KITTI) or 5 (nuScenes); got {dims}")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: lidar file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read lidar file ({e.strerror})") from None
+    from mmapps.inputs import check_points_file, read_bytes
+
+    check_points_file(path, dims)  # regular file, point count from the size within budget, before reading
+    raw = read_bytes(path, what="lidar file")
     if len(raw) == 0:
         raise UserError(f"{path}: empty point cloud (0 bytes)")
     if len(raw) % (4 * dims):
         raise UserError(f"{path}: size {len(raw)} bytes is not a multiple of {4 * dims} "
                         f"(float32 x {dims} per point): truncated or not a velodyne .bin")
+    if dims == 5 and len(raw) % 16 == 0:
+        _refuse_kitti_read_as_five(raw, path)
     pts = np.frombuffer(raw, dtype="<f4").reshape(-1, dims)[:, :4].copy()
     if not np.isfinite(pts).all():
         bad = int((~np.isfinite(pts)).any(axis=1).sum())
         raise UserError(f"{path}: {bad} points contain NaN or inf")
     return pts
+
+
+def _refuse_kitti_read_as_five(raw: bytes, path) -> None:
+    """A KITTI cloud (4 values per point) whose size happens to divide by 20 is not a nuScenes cloud: its
+    reflectance is in [0, 1] read as 4 values, while read as 5 the 5th value (the ring index) is not an integer."""
+    five = np.frombuffer(raw, dtype="<f4").reshape(-1, 5)[:, 4]
+    ring_like = np.isfinite(five).all() and ((five >= 0) & (five < 128) & (five == np.round(five))).all()
+    refl = np.frombuffer(raw, dtype="<f4").reshape(-1, 4)[:, 3]
+    if not ring_like and np.isfinite(refl).all() and ((refl >= 0) & (refl <= 1)).all():
+        raise UserError(f"{path}: --point-dims 5 does not fit this file: read as 4 values per point (KITTI) every "
+                        f"reflectance is in [0, 1], read as 5 the 5th value is not a ring index; use --point-dims 4")
 
 
 def write_velodyne(path, points: np.ndarray) -> None:
@@ -56,12 +67,17 @@ def read_image(path) -> np.ndarray:
     """uint8 [H, W, 3] RGB."""
     from PIL import Image, UnidentifiedImageError
 
+    import warnings
+
+    from mmapps.inputs import check_image
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: image not found")
+    check_image(path)  # regular file, pixel budget from the header before decoding
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning: the size was checked above
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UserError(f"{path}: not a readable image ({type(e).__name__})") from None
 
@@ -133,12 +149,9 @@ class Calib:
 
 
 def _parse_key_values(path: Path) -> dict[str, np.ndarray]:
-    try:
-        text = path.read_text(encoding="utf-8", errors="strict")
-    except FileNotFoundError:
-        raise UserError(f"{path}: calibration file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read calibration ({type(e).__name__})") from None
+    from mmapps.inputs import read_text
+
+    text = read_text(path, 2**20, "calibration file")  # regular file, capped, strict UTF-8 naming the line
     out = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or ":" not in line:
@@ -241,12 +254,9 @@ def parse_label_text(text: str, path="label", with_score: bool | None = None) ->
 
 def read_label(path, with_score: bool | None = None) -> list[Object3D]:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: label file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read label file ({type(e).__name__})") from None
+    from mmapps.inputs import read_text
+
+    text = read_text(path, 16 * 2**20, "label file")  # regular file (a FIFO would hang), capped, strict UTF-8
     return parse_label_text(text, path, with_score)
 
 
@@ -306,12 +316,9 @@ def project_box2d(box: np.ndarray, calib: Calib, image_shape=None) -> tuple[floa
 def read_oxts(path) -> np.ndarray:
     """One oxts packet: float64 [30]."""
     path = Path(path)
-    try:
-        parts = path.read_text(encoding="utf-8").split()
-    except FileNotFoundError:
-        raise UserError(f"{path}: oxts file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read oxts file ({type(e).__name__})") from None
+    from mmapps.inputs import read_text
+
+    parts = read_text(path, 2**20, "oxts file").split()
     if len(parts) != 30:
         raise UserError(f"{path}: oxts packet has {len(parts)} fields, expected 30")
     try:
