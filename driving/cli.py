@@ -87,7 +87,7 @@ def evaluate(data: Path = typer.Argument(..., help="labelled KITTI folder (root 
              model: Optional[Path] = MODEL_OPT,
              method: str = typer.Option("learned", "--method", help="learned or classical"),
              ablations: bool = typer.Option(True, "--ablations/--no-ablations", help="lidar-only / camera-only too"),
-             limit: Optional[int] = typer.Option(None, "--limit", help="evaluate only the first N frames"),
+             limit: Optional[int] = typer.Option(None, "--limit", min=1, help="evaluate only the first N frames"),
              shard: Optional[str] = SHARD_OPT,
              workers: int = WORKERS_OPT,
              device: str = DEVICE_OPT,
