@@ -1,6 +1,7 @@
 """Cohort datasets: manifest rows -> preprocessed samples held in memory, collation, batch prediction."""
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,15 +12,24 @@ from mmapps.errors import UserError
 
 from .io import load_ct, load_mri, read_record
 from .models import ModelConfig, aux_targets, record_vector
-from .preprocess import preprocess_ct, preprocess_mri
+from .preprocess import analyse_ct, ct_inputs, preprocess_mri
+
+MAX_NODULES_PER_STUDY = 5  # evaluation scores at most the 5 largest reported nodules of a study
 
 
-def load_sample(root: Path, row: dict, cfg: ModelConfig, with_targets: bool = True) -> dict:
-    """One manifest row -> sample dict {modality: tensor, "targets": {...}, "meta": {...}}."""
+def load_sample(root: Path, row: dict, cfg: ModelConfig, with_targets: bool = True,
+                all_nodules: bool = False) -> list[dict]:
+    """One manifest row -> sample dicts {modality: tensor, "targets": {...}, "meta": {...}}: one sample whose CT
+    view is centred on the largest detected nodule (training), or one per reported nodule (``all_nodules``:
+    evaluation scores a study by its most suspicious nodule, as ``predict`` does). A CT the gate refuses is
+    left out (the sample keeps its other modalities)."""
     sample: dict = {"meta": {"patient_id": row.get("patient_id", "")}}
+    cts: list[dict] = []
     if "ct" in cfg.modalities and row.get("ct"):
-        ct = preprocess_ct(load_ct(root / row["ct"]), cfg.ct_grid, cfg.ct_crop)
-        sample["ct"] = {"grid": ct["grid"].half(), "crop": ct["crop"].half(), "geom": ct["geom"]}
+        analysis = _analysis(str(root / row["ct"]))
+        if analysis["scan"].assessable:
+            cts = ct_inputs(analysis, cfg.ct_grid, cfg.ct_crop)
+            cts = cts[:MAX_NODULES_PER_STUDY] if all_nodules else cts[:1]
     if "mri" in cfg.modalities and row.get("mri"):
         sample["mri"] = preprocess_mri(load_mri(root / row["mri"]), cfg.mri_grid).half()
     if "record" in cfg.modalities and row.get("record"):
@@ -34,23 +44,44 @@ def load_sample(root: Path, row: dict, cfg: ModelConfig, with_targets: bool = Tr
         sample["targets"] = targets
     if row.get("oracle_probability", "") not in ("", None):
         sample["meta"]["oracle_probability"] = float(row["oracle_probability"])
-    return sample
+    if not cts:
+        return [sample]
+    return [{**sample, "ct": {"grid": c["grid"].half(), "crop": c["crop"].half(), "geom": c["geom"]}} for c in cts]
+
+
+@functools.lru_cache(maxsize=16)
+def _analysis_cached(path: str, mtime: float) -> dict:
+    return analyse_ct(load_ct(path))
+
+
+def _analysis(path: str) -> dict:
+    """The gate + nodules of one study, cached per process: training and evaluation re-read the same cohort."""
+    try:
+        mtime = Path(path).stat().st_mtime
+    except OSError:
+        return analyse_ct(load_ct(path))  # let the loader name the problem
+    return _analysis_cached(path, mtime)
 
 
 def _load_one(args):
-    root, row, cfg_dict, with_targets = args
-    return load_sample(Path(root), row, ModelConfig(**cfg_dict), with_targets)
+    root, row, cfg_dict, with_targets, all_nodules = args
+    return load_sample(Path(root), row, ModelConfig(**cfg_dict), with_targets, all_nodules)
 
 
 class CohortDataset(torch.utils.data.Dataset):
-    """The whole cohort preprocessed once into memory (float16 grids): training reads it many times."""
+    """The whole cohort preprocessed once into memory (float16 grids): training reads it many times.
+
+    ``groups[i]`` is the manifest row of sample i (several samples per row with ``all_nodules``)."""
 
     def __init__(self, root: Path, rows: list[dict], cfg: ModelConfig, with_targets: bool = True, workers: int = 1,
-                 description: str = "reading studies"):
+                 description: str = "reading studies", all_nodules: bool = False):
         from mmapps.parallel import parallel_map
 
-        self.samples = parallel_map(_load_one, [(str(root), r, asdict(cfg), with_targets) for r in rows],
-                                    workers=workers, description=description, chunksize=2)
+        per_row = parallel_map(_load_one, [(str(root), r, asdict(cfg), with_targets, all_nodules) for r in rows],
+                               workers=workers, description=description, chunksize=2)
+        self.samples = [s for group in per_row for s in group]
+        self.groups = np.array([i for i, group in enumerate(per_row) for _ in group], dtype=int)
+        self.n_rows = len(rows)
 
     def __len__(self):
         return len(self.samples)
@@ -96,6 +127,15 @@ def predict_batches(model, dataset, device, batch_size: int = 16, only: str | No
             p = torch.where(batch["present"][only].bool(), p, torch.full_like(p, float("nan")))
         out.append(p.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def study_max(p: np.ndarray, groups: np.ndarray, n_rows: int) -> np.ndarray:
+    """Per-sample probabilities -> per-study maximum (NaN where a study has no scored sample)."""
+    out = np.full(n_rows, np.nan)
+    for g, v in zip(groups, p):
+        if v == v:
+            out[g] = v if out[g] != out[g] else max(out[g], v)
+    return out
 
 
 def model_inputs(batch: dict) -> dict:

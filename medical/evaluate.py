@@ -14,7 +14,7 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
     from mmapps.metrics import binary_metrics
     from mmapps.parallel import shard_items
 
-    from .dataset import CohortDataset, predict_batches
+    from .dataset import CohortDataset, predict_batches, study_max
     from .manifest import read_manifest
     from .pipeline import Pipeline
 
@@ -27,8 +27,9 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
 
         raise UserError(f"{root}: no labelled rows (label 0/1) to evaluate")
     t0 = time.perf_counter()
-    ds = CohortDataset(root, labelled, pipe.config, with_targets=False, workers=workers, description="evaluating")
-    p = predict_batches(pipe.model, ds, pipe.device)
+    ds = CohortDataset(root, labelled, pipe.config, with_targets=False, workers=workers, description="evaluating",
+                       all_nodules=True)
+    p = study_max(predict_batches(pipe.model, ds, pipe.device), ds.groups, len(labelled))
     seconds = time.perf_counter() - t0
     y = np.array([int(r["label"]) for r in labelled])
     result = {"data": str(root), "model": pipe.path, **binary_metrics(y, p)}
@@ -37,7 +38,7 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
         result["oracle_auroc"] = binary_metrics(y, np.array(oracle, dtype=float))["auroc"]
     ablations = {}
     for m in pipe.config.modalities:
-        pm = predict_batches(pipe.model, ds, pipe.device, only=m)
+        pm = study_max(predict_batches(pipe.model, ds, pipe.device, only=m), ds.groups, len(labelled))
         ok = ~np.isnan(pm)
         ablations[m] = binary_metrics(y[ok], pm[ok])["auroc"] if ok.sum() >= 2 else float("nan")
     result["ablations"] = ablations

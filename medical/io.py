@@ -27,19 +27,33 @@ class Volume:
     modality: str  # "CT", "MR", or "unknown" (NIfTI)
     source: str
     warnings: list[str] = field(default_factory=list)
+    # index (slice, row, col) -> DICOM patient coordinates (LPS, mm), 4x4; None when the file does not say.
+    affine: np.ndarray | None = None
+    tags: dict = field(default_factory=dict)  # hints from the header: BodyPartExamined, PatientID, StudyDate
+
+    def index_to_lps(self, index) -> list[float]:
+        """(slice, row, col) voxel index (may be fractional) -> [x, y, z] mm in DICOM patient coordinates."""
+        aff = self.affine if self.affine is not None else default_affine(self.spacing)
+        return [float(v) for v in (aff @ np.array([*[float(i) for i in index], 1.0]))[:3]]
+
+
+def default_affine(spacing) -> np.ndarray:
+    """Axial slices, rows posterior-ward, columns toward the patient's left, origin at voxel 0."""
+    dz, dy, dx = spacing
+    aff = np.zeros((4, 4))
+    aff[0, 2], aff[1, 1], aff[2, 0], aff[3, 3] = dx, dy, dz, 1.0
+    return aff
 
 
 # ----------------------------------------------------------------------------------------------------
 # DICOM
 # ----------------------------------------------------------------------------------------------------
 def _read_dicom_header(path: Path):
-    import pydicom
+    from mmapps.inputs import read_dicom_header
 
-    try:
-        with _quiet():
-            return pydicom.dcmread(path, force=False)
-    except Exception as e:  # InvalidDicomError, struct errors on mutated bytes, ...
-        raise UserError(f"{path}: not a readable DICOM file ({_short(e)})") from e
+    # The header only (no pixel data), after the input budget: regular file, the inflated size of a deflated
+    # file, Rows x Columns x NumberOfFrames within the voxel limit. Pixels are read per file in _pixels.
+    return read_dicom_header(path)
 
 
 @contextlib.contextmanager
@@ -64,6 +78,9 @@ def _short(e: Exception) -> str:
 
 
 def _pixels(ds, path: Path) -> np.ndarray:
+    from mmapps.inputs import read_dicom
+
+    ds = read_dicom(path)  # the header was read without pixel data; the whole series fits the budget
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise UserError(f"{path}: DICOM file has no pixel data")
     try:
@@ -144,6 +161,12 @@ def _load_dicom(path: str | Path, require_ct: bool) -> Volume:
         raise UserError(f"{path}: no such file or folder")
 
     first_path, first = items[0]
+    from mmapps.inputs import LIMITS, dicom_voxels
+
+    total = sum(dicom_voxels(ds) for _, ds in items)
+    if total > LIMITS.volume_voxels:  # declared by the headers, checked before any pixel is decoded
+        raise UserError(f"{path}: the series declares {total:,} voxels in {len(items)} file(s), more than the "
+                        f"{LIMITS.volume_voxels:,}-voxel limit")
     modality = str(first.get("Modality", "")).upper() or "unknown"
     if require_ct and modality != "CT":
         raise UserError(f"{first_path}: modality is {modality!r}, not CT (a CT study is required here; "
@@ -153,7 +176,7 @@ def _load_dicom(path: str | Path, require_ct: bool) -> Volume:
             if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
                 raise UserError(f"{f}: CT slice lacks Rescale Slope/Intercept, cannot convert to HU")
 
-    slices, positions = [], []
+    slices, positions, origins = [], [], []
     iop = _floats(first, "ImageOrientationPatient", 6)
     normal = np.cross(iop[:3], iop[3:]) if iop else np.array([0.0, 0.0, 1.0])
     for f, ds in items:
@@ -172,6 +195,7 @@ def _load_dicom(path: str | Path, require_ct: bool) -> Volume:
         for k, fr in enumerate(frames):
             slices.append(fr)
             positions.append(base + k * thick)
+            origins.append(np.asarray(ipp, float) + k * thick * normal if ipp else None)
     if not any(_floats(ds, "ImagePositionPatient", 3) for _, ds in items):
         warnings.append(f"{path}: no Image Position (Patient); slices ordered by Instance Number")
 
@@ -184,13 +208,25 @@ def _load_dicom(path: str | Path, require_ct: bool) -> Volume:
         if note:
             warnings.append(f"{path}: {note}")
         vol = vol[keep]
+    else:
+        keep = np.arange(1)
     ps = _floats(first, "PixelSpacing", 2) or [1.0, 1.0]
     spacing = (abs(dz) or 1.0, abs(ps[0]) or 1.0, abs(ps[1]) or 1.0)
+    affine = None
+    origin = origins[int(order[keep[0]])]
+    if iop and origin is not None:
+        affine = np.eye(4)
+        affine[:3, 0] = normal * spacing[0]
+        affine[:3, 1] = np.asarray(iop[3:]) * spacing[1]
+        affine[:3, 2] = np.asarray(iop[:3]) * spacing[2]
+        affine[:3, 3] = origin
+    tags = {k: str(first.get(k, "") or "").strip() for k in ("BodyPartExamined", "PatientID", "StudyDate",
+                                                                "StudyDescription", "SeriesDescription")}
     if vol.shape[0] == 1:
         warnings.append(f"{path}: a single slice, not a volume; the prediction rests on one 2D image")
     if not np.isfinite(vol).all():
         raise UserError(f"{path}: pixel data contains NaN or infinite values")
-    return Volume(vol.astype(np.float32), spacing, modality, str(path), warnings)
+    return Volume(vol.astype(np.float32), spacing, modality, str(path), warnings, affine, tags)
 
 
 def _consistent_run(pos: np.ndarray) -> tuple[np.ndarray, float, str]:
@@ -233,12 +269,15 @@ def _load_nifti(path: str | Path) -> Volume:
 
     path = Path(path)
     try:
-        img = nib.as_closest_canonical(nib.load(str(path)))  # RAS orientation
+        from mmapps.inputs import check_nifti
+
+        img = nib.as_closest_canonical(check_nifti(path))  # header dims within budget first; RAS orientation
         shape = img.shape
         if int(np.prod(shape)) > MAX_VOXELS:
             raise UserError(f"{path}: implausible image size {shape}")
         data = np.asarray(img.get_fdata(dtype=np.float32))
         zooms = [float(z) for z in img.header.get_zooms()[:3]]
+        ras = np.asarray(img.affine, dtype=float)
     except UserError:
         raise
     except Exception as e:
@@ -254,7 +293,11 @@ def _load_nifti(path: str | Path) -> Volume:
     # RAS (x, y, z) -> our [z, row, col] with rows posterior-ward and cols toward patient left (LPS like DICOM).
     arr = np.ascontiguousarray(data.transpose(2, 1, 0)[:, ::-1, ::-1])
     zooms = (zooms + [1.0, 1.0, 1.0])[:3]
-    return Volume(arr.astype(np.float32), (zooms[2], zooms[1], zooms[0]), "unknown", str(path), warnings)
+    # Our index (slice, row, col) = canonical voxel (nx-1-col, ny-1-row, slice); RAS -> LPS flips x and y.
+    nx, ny = data.shape[0], data.shape[1]
+    to_ijk = np.array([[0, 0, -1, nx - 1], [0, -1, 0, ny - 1], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras @ to_ijk
+    return Volume(arr.astype(np.float32), (zooms[2], zooms[1], zooms[0]), "unknown", str(path), warnings, affine)
 
 
 def load_volume(path: str | Path, require_ct: bool = False) -> Volume:

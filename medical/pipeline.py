@@ -18,15 +18,11 @@ from mmapps.pipeline import check_finite_output
 
 from .io import load_ct, load_mri, read_record
 from .models import ModelConfig, build_model, record_vector
-from .preprocess import preprocess_ct, preprocess_mri
+from .preprocess import preprocess_mri
 
 DATA_DIR = data_dir() / "medical"  # bundled model, model card and sample patient
 DEFAULT_MODEL = DATA_DIR / "model.pt"
-RISK_THRESHOLDS = (0.10, 0.70)  # BTS guideline use of Brock: < 10 % low, 10-70 % intermediate, > 70 % high
-
-
-def risk_category(p: float) -> str:
-    return "low" if p < RISK_THRESHOLDS[0] else ("high" if p > RISK_THRESHOLDS[1] else "intermediate")
+TRAINING_PREVALENCE = 0.30  # the synthetic cohort's malignancy share, when the checkpoint does not record its own
 
 
 class Pipeline(CorePipeline):
@@ -41,84 +37,141 @@ class Pipeline(CorePipeline):
 
     # -- the three steps -----------------------------------------------------------------------------
     def preprocess(self, study=None, record=None, mri=None) -> dict:
-        """Read and validate the inputs.
+        """Read and validate the inputs, gate the scans, find the nodules.
 
         Args:
             study: CT as a DICOM series folder, DICOM file or NIfTI file (or None).
             record: FHIR R4 Bundle, flat JSON or one-row CSV (or None).
             mri: MRI as a DICOM series/file or NIfTI (or None).
         Returns:
-            {"sample": {"ct": {"grid": [2,g,g,g], "crop": [1,c,c,c], "geom": [5]}, "mri": [1,m,m,m],
-            "record": [2*F]} (present modalities only), "views": arrays for the pictures, "warnings": [...]}.
+            {"samples": one model sample per reported nodule ({"ct": {"grid": [2,g,g,g], "crop": [1,c,c,c],
+            "geom": [5]}, "mri": [1,m,m,m], "record": [2*F]}, present modalities only; empty when nothing can be
+            scored), "assessable", "reasons", "nodules", "analysis" (the CT's gate and lung grid), "warnings",
+            "modalities", "views"}.
         """
-        warnings: list[str] = []
-        sample: dict = {}
-        views: dict = {"study": study}
+        from .lungs import check_chest_mri
+        from .preprocess import analyse_ct, ct_inputs
+
         if study is None and record is None and mri is None:
             raise UserError("nothing to predict from: give a CT study, a record and/or an MRI")
+        warnings: list[str] = []
+        reasons: list[str] = []
+        shared: dict = {}
+        ct_list: list[dict] = []
+        analysis = None
+        ct_tags = None
+        if record is not None:  # read first: a broken record is an error whatever the scans show
+            fields, w = read_record(record)
+            warnings += w
+            if "record" in self.config.modalities:
+                shared["record"] = torch.from_numpy(record_vector(fields))
+            else:
+                warnings.append(f"{record}: this model does not use the record; ignored")
         if study is not None:
             vol = load_ct(study)
             warnings += vol.warnings
-            if "ct" in self.config.modalities:
-                ct = preprocess_ct(vol, self.config.ct_grid, self.config.ct_crop)
-                sample["ct"] = {k: ct[k] for k in ("grid", "crop", "geom")}
-                views.update(ct=ct["grid"][0].numpy(), crop=ct["crop"][0].numpy(), candidate=ct["_candidate"],
-                             spacing=vol.spacing, shape=vol.array.shape, hu=vol.array)
+            ct_tags = vol.tags
+            analysis = analyse_ct(vol)
+            scan = analysis["scan"]
+            warnings += scan.warnings
+            if not scan.assessable:
+                reasons += [f"CT {study}: {r}" for r in scan.reasons]
+            elif "ct" in self.config.modalities:
+                ct_list = ct_inputs(analysis, self.config.ct_grid, self.config.ct_crop)
             else:
-                warnings.append(f"{study}: this model does not use CT; the study was read and ignored")
+                warnings.append(f"{study}: this model does not use CT; nodules measured, not scored by the CT")
+        mri_ok = False
         if mri is not None:
-            vol = load_mri(mri)
-            warnings += vol.warnings
-            if "mri" in self.config.modalities:
-                sample["mri"] = preprocess_mri(vol, self.config.mri_grid)
+            mvol = load_mri(mri)
+            warnings += mvol.warnings
+            why, w = check_chest_mri(mvol, ct_tags)
+            warnings += w
+            if why:
+                note = [f"MRI {mri}: {r}" for r in why]
+                if study is None:
+                    reasons += note
+                else:
+                    warnings += [n + "; the MRI is not used" for n in note]
+            elif "mri" in self.config.modalities:
+                shared["mri"] = preprocess_mri(mvol, self.config.mri_grid)
+                mri_ok = True
             else:
                 warnings.append(f"{mri}: this model does not use MRI; ignored")
-        if record is not None:
-            fields, w = read_record(record)
-            warnings += w
-            views["record"] = fields
-            if "record" in self.config.modalities:
-                sample["record"] = torch.from_numpy(record_vector(fields))
-            else:
-                warnings.append(f"{record}: this model does not use the record; ignored")
-        for m in ("ct", "mri", "record"):
-            if m in self.config.modalities and m not in sample:
-                warnings.append(f"{m} missing: predicted without it")
-        if not sample:
+        assessable = not reasons
+        nodules = analysis["nodules"] if analysis is not None and assessable else []
+        if study is None and record is not None and mri is None:
+            warnings.append("no CT: no nodule findings; the probability rests on the record alone")
+        samples: list[dict] = []
+        has_ct_finding = analysis is None or bool(nodules)  # a CT was read and found nothing: nothing to score
+        if assessable and has_ct_finding:
+            samples = [{**shared, "ct": c} for c in ct_list] if ct_list else ([dict(shared)] if shared else [])
+        if assessable and not samples and has_ct_finding:
             raise UserError("none of the given inputs is used by this model (it uses "
                             f"{', '.join(self.config.modalities)})")
-        return {"sample": sample, "views": views, "warnings": warnings}
+        for m in ("ct", "mri", "record"):
+            if m in self.config.modalities and samples and m not in samples[0]:
+                warnings.append(f"{m} missing: predicted without it")
+        return {"samples": samples, "assessable": assessable, "reasons": reasons, "nodules": nodules,
+                "analysis": analysis, "warnings": warnings, "study": study,
+                "modalities": {"ct": analysis is not None and assessable and bool(ct_list),
+                               "mri": mri_ok, "record": "record" in shared}}
 
     def _forward(self, inputs: dict) -> dict:
-        """Args: the ``preprocess`` dict. Returns: {"batch": the collated batch of 1, "outputs": head logits
-        ({"malignancy": [1,1], aux heads}), "weights": fusion weights per modality [1], "masked": probability
-        change when each modality is masked [1]}."""
+        """Args: the ``preprocess`` dict. Returns: {"batch": the collated samples (one per nodule, N),
+        "outputs": head logits ({"malignancy": [N,1], aux heads}), "weights": fusion weights per modality [N],
+        "masked": probability change when each modality is masked [N]}; empty when there is nothing to score."""
         from mmapps.data import collate_samples, move_to
         from mmapps.explain import masked_contributions
 
-        batch = move_to(collate_samples([inputs["sample"]]), self.device)
+        if not inputs["samples"]:
+            return {}
+        batch = move_to(collate_samples(inputs["samples"]), self.device)
         out = self.model(batch)
         check_finite_output(out["outputs"], "medical model output")
         masked = masked_contributions(self.model, batch, "malignancy")
         return {"batch": batch, "outputs": out["outputs"], "weights": out["weights"], "masked": masked}
 
     def postprocess(self, outputs: dict, inputs: dict) -> dict:
-        """Raw outputs -> the JSON-ready result of DESIGN's ``predict`` contract."""
-        sample = inputs["sample"]
-        p = float(torch.sigmoid(outputs["outputs"]["malignancy"].reshape(-1))[0])
-        weights = {m: float(w[0]) for m, w in outputs["weights"].items() if m in sample}
-        result = {
-            "probability": round(p, 4),
-            "risk_category": risk_category(p),
-            "modalities": {m: m in sample for m in ("ct", "mri", "record")},
-            "contributions": {"masked_delta": {m: round(float(v[0]), 4) for m, v in outputs["masked"].items()},
-                              "fusion_weights": {m: round(v, 4) for m, v in weights.items()}},
-            "warnings": list(inputs["warnings"]),
-            "report": None,
-        }
-        aux = self._aux(outputs["outputs"]) if "ct" in sample else {}
-        if aux:
-            result["ct_findings"] = aux
+        """Raw outputs -> the JSON-ready result of DESIGN's ``predict`` contract (extended by the gate)."""
+        from .clinical import RISK_BASIS, lung_rads, recommendation, risk_category
+
+        nodules = [dict(n) for n in inputs["nodules"]]
+        result: dict = {"assessable": inputs["assessable"], "reasons": list(inputs["reasons"]), "probability": None}
+        contributions: dict = {}
+        if outputs:
+            probs = torch.sigmoid(outputs["outputs"]["malignancy"].reshape(-1)).tolist()
+            for n, p in zip(nodules, probs):
+                n["probability"] = round(float(p), 4)
+            k = int(np.argmax(probs))  # the study's probability is its most suspicious nodule's
+            result["probability"] = round(float(probs[k]), 4)
+            sample = inputs["samples"][k]
+            contributions = {
+                "masked_delta": {m: round(float(v[k]), 4) for m, v in outputs["masked"].items()},
+                "fusion_weights": {m: round(float(w[k]), 4) for m, w in outputs["weights"].items() if m in sample}}
+            outputs["index"] = k
+        category = risk_category(result["probability"], inputs["assessable"],
+                                 has_nodule=bool(nodules) or inputs["analysis"] is None)
+        result["risk_category"] = category
+        result["recommendation"] = recommendation(category)
+        result["risk_basis"] = RISK_BASIS
+        result["calibration"] = {"prevalence": float(self.meta.get("prevalence", TRAINING_PREVALENCE)),
+                                 "note": "probabilities are calibrated to the training cohort's malignancy share; "
+                                         "screen-detected nodules are about 1-5 % malignant"}
+        analysis = inputs["analysis"]
+        if analysis is not None and inputs["assessable"]:
+            result["lung_rads"] = lung_rads(nodules)
+            stats = analysis["scan"].stats
+            result["ct_measurements"] = {k: stats.get(k) for k in ("lung_volume_ml", "lung_coverage_mm",
+                                                                   "emphysema_fraction", "partial_coverage")}
+        result["nodules"] = [{k: n[k] for k in ("center_mm", "center_voxel", "diameter_mm", "type", "spiculation",
+                                                "upper_lobe", "probability", "solid_fraction", "spiculation_score")
+                              if k in n} for n in nodules]
+        for n in result["nodules"]:
+            n.setdefault("probability", None)
+        result["modalities"] = inputs["modalities"]
+        result["contributions"] = contributions
+        result["warnings"] = list(inputs["warnings"])
+        result["report"] = None
         return result
 
     # -- public API ----------------------------------------------------------------------------------
@@ -129,7 +182,8 @@ class Pipeline(CorePipeline):
             study, record, mri: as in ``preprocess`` (any may be None, not all).
             report: folder for the PNG report, or None.
         Returns:
-            {"probability", "risk_category", "modalities", "contributions", "warnings", "report", ...}.
+            {"assessable", "reasons", "probability" (None when not assessable or no nodule), "risk_category",
+            "lung_rads" (when a CT was read), "nodules", "modalities", "contributions", "warnings", "report", ...}.
         """
         inputs = self.preprocess(study, record, mri)
         with torch.no_grad():
@@ -140,27 +194,16 @@ class Pipeline(CorePipeline):
         return result
 
     def write_report(self, folder, inputs: dict, outputs: dict, result: dict) -> Path:
-        """The PNG report (slices, Grad-CAM, contributions) in ``folder``; returns its path."""
+        """The PNG report (every nodule on its axial slice, lung outline, Grad-CAM, contributions, or the
+        not-assessable reasons) in ``folder``; returns its path."""
         from .viz import write_report
 
-        views = dict(inputs["views"])
         cam = None
-        if "ct" in inputs["sample"]:
-            cam = self.grad_cam(outputs["batch"])
-            views["crop_cam"] = self.grad_cam(outputs["batch"], "crop")
-        return write_report(Path(folder), views, cam, result, views.get("study"))
-
-    def _aux(self, o: dict) -> dict:
-        """Auxiliary head read-outs (the CT features the model thinks it sees)."""
-        if "nodule_size" not in o or not self.config.aux_heads:
-            return {}
-        from .models import NODULE_TYPES
-
-        return {"nodule_size_mm": round(float(10 * 2 ** o["nodule_size"].reshape(-1)[0]), 1),
-                "nodule_type": NODULE_TYPES[int(o["nodule_type"][0].argmax())],
-                "spiculation_probability": round(float(torch.sigmoid(o["spiculation"].reshape(-1)[0])), 3),
-                "upper_lobe_probability": round(float(torch.sigmoid(o["upper_lobe"].reshape(-1)[0])), 3),
-                "emphysema_probability": round(float(torch.sigmoid(o["emphysema"].reshape(-1)[0])), 3)}
+        if outputs and "ct" in outputs["batch"]:
+            k = outputs.get("index", 0)
+            one = {key: _take(v, k) for key, v in outputs["batch"].items()}
+            cam = self.grad_cam(one, "crop")
+        return write_report(Path(folder), inputs, cam, result)
 
     def grad_cam(self, batch: dict, branch: str = "grid") -> np.ndarray | None:
         """Grad-CAM of the malignancy logit on a CT branch (monai.visualize.GradCAM).
@@ -197,3 +240,14 @@ class Pipeline(CorePipeline):
         except Exception as e:  # an explanation must never break a prediction
             _w.warn(f"Grad-CAM failed: {e}")
             return None
+
+
+def _take(value, k: int):
+    """Sample k of a collated batch, kept as a batch of one."""
+    if isinstance(value, dict):
+        return {key: _take(v, k) for key, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value[k:k + 1]
+    if isinstance(value, list):
+        return value[k:k + 1]
+    return value

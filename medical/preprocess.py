@@ -1,5 +1,5 @@
-"""CT and MRI preprocessing: lung mask, the most suspicious candidate, the lung-region grid and the
-nodule-centred crop the CT encoder reads, and the MRI intensity normalisation."""
+"""CT and MRI preprocessing: the gate + lung mask + nodules of a CT (``analyse_ct``), the lung-region grid and the
+nodule-centred crops the CT encoder reads (``ct_inputs``), and the MRI intensity normalisation."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,59 +19,6 @@ def to_grid(array: np.ndarray, grid: int) -> torch.Tensor:
     return F.adaptive_avg_pool3d(t, (grid, grid, grid))[0]
 
 
-def _lungs(hu: np.ndarray, spacing) -> tuple[np.ndarray, tuple[int, int, int], tuple]:
-    """Lung mask on a ~2.5 mm copy: air (HU < -400) inside the body, i.e. not connected to the in-plane border,
-    with enclosed structures (vessels, nodules) filled in. Returns (mask, steps, coarse spacing)."""
-    from scipy import ndimage
-
-    steps = tuple(max(1, int(round(2.5 / max(float(sp), 1e-3)))) for sp in spacing)
-    small = hu[:: steps[0], :: steps[1], :: steps[2]]
-    air = small < -400
-    labels, n = ndimage.label(air)
-    coarse_sp = tuple(float(sp) * st for sp, st in zip(spacing, steps))
-    if n == 0:
-        return np.zeros_like(air), steps, coarse_sp
-    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
-                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    big = np.nonzero(sizes >= 0.002 * air.size)[0]
-    keep = np.setdiff1d(big[big > 0], border)
-    mask = np.isin(labels, keep)
-    if mask.any():
-        mask = ndimage.binary_fill_holes(mask) | np.stack([ndimage.binary_fill_holes(m) for m in mask])
-    return mask, steps, coarse_sp
-
-
-def find_candidate(hu: np.ndarray, spacing) -> dict:
-    """The most suspicious region: the centre of the thickest dense (> -650 HU) structure inside the lungs.
-
-    Thickness = distance to the nearest non-dense voxel (Euclidean distance transform in mm), so round
-    nodules win over thin vessels. Returns centre (array indices), radius_mm, lung box, found flag.
-    """
-    from scipy import ndimage
-
-    mask, steps, sp = _lungs(hu, spacing)
-    centre = [s // 2 for s in hu.shape]
-    out = {"centre": centre, "radius_mm": 0.0, "box": None, "found": False}
-    if not mask.any() or min(hu.shape) < 2:
-        return out
-    idx = np.nonzero(mask)
-    box = []
-    for i, st, size in zip(idx, steps, hu.shape):
-        lo, hi = int(i.min()) * st, min(size, (int(i.max()) + 1) * st)
-        box.append((lo, hi))
-    out["box"] = box
-    small = hu[:: steps[0], :: steps[1], :: steps[2]]
-    dense = mask & (small > -650)
-    if not dense.any():
-        return out
-    edt = ndimage.distance_transform_edt(dense, sampling=sp)
-    k = np.unravel_index(int(np.argmax(edt)), edt.shape)
-    out.update(centre=[int(k[i]) * steps[i] + steps[i] // 2 for i in range(3)], radius_mm=float(edt[k]), found=True)
-    out["centre"] = [min(c, s - 1) for c, s in zip(out["centre"], hu.shape)]
-    return out
-
-
 def _resize(t: torch.Tensor, size) -> torch.Tensor:
     """[1,1,D,H,W] -> [1,1,*size]: area averaging when shrinking (keeps partial volume), trilinear when growing."""
     up = [max(s, g) for s, g in zip(t.shape[2:], size)]
@@ -80,35 +27,70 @@ def _resize(t: torch.Tensor, size) -> torch.Tensor:
     return F.adaptive_avg_pool3d(t, tuple(size)) if list(t.shape[2:]) != list(size) else t
 
 
-def preprocess_ct(vol: Volume, grid: int, crop: int = 32, crop_mm: float = 56.0) -> dict:
-    """HU -> {"grid": [2, g, g, g] lung-region average + max, "crop": [1, c, c, c] nodule-centred
-    high-resolution cube, "geom": [5] candidate position in the lung box, thickness, found flag}."""
+def analyse_ct(vol: Volume) -> dict:
+    """The gate, the lung mask and the nodules of one CT: {"scan": ChestScan, "nodules": [...]}
+    (nodules only when assessable; see :func:`medical.nodules.detect_nodules`)."""
+    from .lungs import read_chest_ct
+    from .nodules import detect_nodules
+
+    scan = read_chest_ct(vol)
+    return {"scan": scan, "nodules": detect_nodules(scan) if scan.assessable else []}
+
+
+def _window(a: np.ndarray) -> np.ndarray:
     lo, hi = CT_WINDOW
-    hu = vol.array
-    cand = find_candidate(hu, vol.spacing)
-    region = hu
-    if cand["box"] is not None:
-        region = hu[tuple(slice(a, b) for a, b in cand["box"])]
-    x = torch.from_numpy(np.ascontiguousarray((np.clip(region, lo, hi) - lo) / (hi - lo), dtype=np.float32))[None, None]
+    return (np.clip(a, lo, hi) - lo) / (hi - lo)
+
+
+def lung_grid(scan, grid: int) -> torch.Tensor:
+    """[2, g, g, g]: the lung box of the working grid, HU-windowed, area average + max (emphysema, count)."""
+    region = scan.hu[tuple(slice(a, b) for a, b in lung_box(scan))]
+    x = torch.from_numpy(np.ascontiguousarray(_window(region), dtype=np.float32))[None, None]
     up = [max(s, grid) for s in x.shape[2:]]
     if up != list(x.shape[2:]):
         x = F.interpolate(x, size=up, mode="trilinear", align_corners=False)
-    grid_t = torch.cat([F.adaptive_avg_pool3d(x, grid), F.adaptive_max_pool3d(x, grid)], dim=1)[0]
-    # Nodule-centred cube of crop_mm, padded with air where it leaves the image.
-    half = [int(round(crop_mm / 2 / max(float(s), 1e-3))) for s in vol.spacing]
-    c = cand["centre"]
-    sl = tuple(slice(max(0, c[i] - half[i]), min(hu.shape[i], c[i] + half[i] + 1)) for i in range(3))
-    cube = np.full([2 * h + 1 for h in half], lo, np.float32)
-    dst = tuple(slice(s.start - (c[i] - half[i]), s.stop - (c[i] - half[i])) for i, s in enumerate(sl))
+    return torch.cat([F.adaptive_avg_pool3d(x, grid), F.adaptive_max_pool3d(x, grid)], dim=1)[0]
+
+
+def lung_box(scan) -> list[tuple[int, int]]:
+    idx = np.nonzero(scan.lung)
+    return [(int(i.min()), int(i.max()) + 1) if len(i) else (0, n) for i, n in zip(idx, scan.hu.shape)]
+
+
+def nodule_crop(scan, centre, crop: int, crop_mm: float = 56.0) -> torch.Tensor:
+    """[1, c, c, c]: a crop_mm cube of the working grid centred on ``centre`` (padded with air)."""
+    lo = CT_WINDOW[0]
+    hu = scan.hu
+    half = int(round(crop_mm / 2 / scan.spacing_mm))
+    c = [int(v) for v in centre]
+    sl = tuple(slice(max(0, c[i] - half), min(hu.shape[i], c[i] + half + 1)) for i in range(3))
+    cube = np.full([2 * half + 1] * 3, lo, np.float32)
+    dst = tuple(slice(s.start - (c[i] - half), s.stop - (c[i] - half)) for i, s in enumerate(sl))
     cube[dst] = hu[sl]
-    cube_t = torch.from_numpy((np.clip(cube, lo, hi) - lo) / (hi - lo))[None, None]
-    crop_t = _resize(cube_t, (crop, crop, crop))[0]
-    if cand["box"] is not None:
-        rel = [2.0 * (c[i] - a) / max(b - a, 1) - 1.0 for i, (a, b) in enumerate(cand["box"])]
-    else:
-        rel = [0.0, 0.0, 0.0]
-    geom = torch.tensor(rel + [cand["radius_mm"] / 10.0, float(cand["found"])], dtype=torch.float32)
-    return {"grid": grid_t, "crop": crop_t, "geom": geom, "_candidate": cand}
+    return _resize(torch.from_numpy(_window(cube).astype(np.float32))[None, None], (crop, crop, crop))[0]
+
+
+def nodule_geometry(scan, nodule: dict | None) -> torch.Tensor:
+    """[5]: the nodule's position in the lung box (-1..1 per axis), radius (cm), found flag."""
+    if nodule is None:
+        return torch.zeros(5)
+    box = lung_box(scan)
+    c = nodule["center_voxel"]
+    rel = [2.0 * (c[i] - a) / max(b - a, 1) - 1.0 for i, (a, b) in enumerate(box)]
+    return torch.tensor(rel + [nodule["diameter_mm"] / 20.0, 1.0], dtype=torch.float32)
+
+
+def ct_inputs(analysis: dict, grid: int, crop: int) -> list[dict]:
+    """The CT encoder's inputs, one per reported nodule (the lung grid shared):
+    [{"grid": [2,g,g,g], "crop": [1,c,c,c], "geom": [5]}]; one nodule-free entry when none was found."""
+    scan = analysis["scan"]
+    g = lung_grid(scan, grid)
+    nodules = analysis["nodules"] or [None]
+    out = []
+    for n in nodules:
+        centre = n["center_voxel"] if n is not None else [(a + b) // 2 for a, b in lung_box(scan)]
+        out.append({"grid": g, "crop": nodule_crop(scan, centre, crop), "geom": nodule_geometry(scan, n)})
+    return out
 
 
 def preprocess_mri(vol: Volume, grid: int) -> torch.Tensor:

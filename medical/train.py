@@ -9,7 +9,6 @@ from mmapps.errors import UserError
 
 from .dataset import CohortDataset, collate, model_inputs
 from .models import CT_WINDOW, aux_targets, build_model
-from .pipeline import RISK_THRESHOLDS
 
 
 def split_rows(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -78,7 +77,8 @@ def train(data, out, config=None, overrides: list[str] | None = None, fusion: st
     model = build_model(cfg.model)
     model_config = {"scenario": "medical", "model": config_to_dict(cfg.model)}
     meta = {"data": str(root), "n_train": len(train_rows), "n_val": len(val_rows),
-            "ct_window": list(CT_WINDOW), "risk_thresholds": list(RISK_THRESHOLDS)}
+            "ct_window": list(CT_WINDOW),
+            "prevalence": round(float(np.mean([float(r["label"]) for r in train_rows])), 4)}
     trainer = Trainer(model, cfg.train, out, meta=meta, model_config=model_config, collate_fn=collate,
                       eval_fn=eval_fn if val_ds is not None else None)
     history = trainer.fit(train_ds, val_ds, resume=resume)

@@ -1,35 +1,33 @@
-"""Pictures: axial + coronal CT slices through the most suspicious region with the Grad-CAM overlay,
-the probability, risk category and modality contributions."""
+"""Pictures: every reported nodule on its own axial slice with the lung-mask outline, the Grad-CAM of the most
+suspicious nodule's crop, the probability, risk category and modality contributions; or the reasons a scan
+could not be judged."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
-
-def _cam_slice(cam, box, shape, axis: int, index: int):
-    """The Grad-CAM (computed on the lung-box grid) resampled onto one full-resolution slice."""
-    import torch
-    import torch.nn.functional as F
-
-    box = box or [(0, s) for s in shape]
-    (z0, z1), (y0, y1), (x0, x1) = box
-    lo, hi = box[axis]
-    if not lo <= index < hi:
-        return np.zeros([s for i, s in enumerate(shape) if i != axis], np.float32)
-    g = cam.shape[axis]
-    k = min(g - 1, int((index - lo) / max(hi - lo, 1) * g))
-    plane = np.take(cam, k, axis=axis)
-    size = [b - a for i, (a, b) in enumerate(box) if i != axis]
-    up = F.interpolate(torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None], size=size,
-                       mode="bilinear", align_corners=False)[0, 0].numpy()
-    full = np.zeros([s for i, s in enumerate(shape) if i != axis], np.float32)
-    (a0, a1), (b0, b1) = [b for i, b in enumerate(box) if i != axis]
-    full[a0:a1, b0:b1] = up
-    return full
+MAX_NODULE_PANELS = 6
 
 
-def write_report(out_dir: Path, views: dict, cam: np.ndarray | None, result: dict, study=None) -> Path:
+def _axial_panel(ax, scan, z: int, nodules: list[dict], title: str) -> None:
+    from matplotlib.patches import Circle
+
+    win = dict(cmap="gray", vmin=-1000, vmax=300, interpolation="bilinear")
+    ax.imshow(scan.hu[z], **win)
+    ax.contour(scan.lung[z].astype(float), levels=[0.5], colors=["#00c8ff"], linewidths=0.8)
+    for n in nodules:
+        cz, cy, cx = n["center_voxel"]
+        r = n["diameter_mm"] / 2 / scan.spacing_mm
+        ax.add_patch(Circle((cx, cy), r * 1.4 + 2, fill=False, color="yellow", lw=1.2))
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def write_report(out_dir: Path, inputs: dict, cam: np.ndarray | None, result: dict) -> Path:
+    """One PNG: nodule panels (or the not-assessable reasons) + Grad-CAM crop + modality contributions."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,72 +35,79 @@ def write_report(out_dir: Path, views: dict, cam: np.ndarray | None, result: dic
 
     from mmapps.io import atomic_path
 
+    study = inputs.get("study")
     name = (Path(str(study)).name if study is not None else "record") or "study"
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     path = Path(out_dir) / f"{name}_report.png"
-    hu = views.get("hu")
-    fig = plt.figure(figsize=(15, 4.6))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    analysis = inputs.get("analysis")
+    nodules = result.get("nodules", [])
+    n_panels = max(1, min(len(nodules), MAX_NODULE_PANELS)) + 2
+    fig = plt.figure(figsize=(3.4 * n_panels, 4.2))
     p, cat = result["probability"], result["risk_category"]
-    colour = {"low": "tab:green", "intermediate": "tab:orange", "high": "tab:red"}[cat]
-    fig.suptitle(f"malignancy probability {p:.1%}  -  {cat} risk   (synthetic-data model, not for clinical use)",
-                 color=colour, fontsize=12)
-    if hu is not None:
-        cand = views["candidate"]
-        z, y, x = cand["centre"]  # the most suspicious region: thickest dense structure in the lungs
-        dz, dy, dx = views.get("spacing", (1.0, 1.0, 1.0))
-        win = dict(cmap="gray", vmin=-1000, vmax=300, interpolation="bilinear")
-        ax1 = fig.add_subplot(1, 4, 1)
-        ax1.imshow(hu[z], aspect=dy / dx, **win)
-        ax2 = fig.add_subplot(1, 4, 2)
-        ax2.imshow(hu[:, y, :][::-1], aspect=dz / dx, **win)  # superior up
-        if cam is not None and cam.max() > 0:
-            kw = dict(cmap="jet", alpha=0.3, vmin=0, vmax=float(cam.max()), interpolation="bilinear")
-            ax1.imshow(_cam_slice(cam, cand["box"], hu.shape, 0, z), aspect=dy / dx, **kw)
-            ax2.imshow(_cam_slice(cam, cand["box"], hu.shape, 1, y)[::-1], aspect=dz / dx, **kw)
-        ax1.plot(x, y, marker="o", mfc="none", color="yellow", ms=18)
-        ax2.plot(x, hu.shape[0] - 1 - z, marker="o", mfc="none", color="yellow", ms=18)
-        ax1.set_title(f"axial slice {z + 1}/{hu.shape[0]}" + (" + Grad-CAM" if cam is not None else ""))
-        ax2.set_title(f"coronal row {y + 1}/{hu.shape[1]} (superior up)")
-        ax3 = fig.add_subplot(1, 4, 3)
-        crop = views["crop"]
-        ax3.imshow(crop[crop.shape[0] // 2], cmap="gray", vmin=0, vmax=(300 + 1024) / 1424, interpolation="bilinear")
-        crop_cam = views.get("crop_cam")
-        if crop_cam is not None and crop_cam.shape == crop.shape and crop_cam.max() > 0:
-            ax3.imshow(crop_cam[crop.shape[0] // 2], cmap="jet", alpha=0.3, vmin=0, vmax=float(crop_cam.max()),
-                       interpolation="bilinear")
-        ax3.set_title(f"nodule-centred crop (model input) + Grad-CAM\nthickness radius {cand['radius_mm']:.1f} mm",
-                      fontsize=9)
-        for ax in (ax1, ax2, ax3):
+    colour = {"low": "tab:green", "intermediate": "tab:orange"}.get(cat, "black")
+    head = f"malignancy probability {p:.1%}" if p is not None else "no probability"
+    fig.suptitle(f"{head}  -  {cat.replace('_', ' ')}   (synthetic-data model, not for clinical use)",
+                 color=colour, fontsize=11)
+    if not result["assessable"]:
+        ax = fig.add_subplot(1, 1, 1)
+        text = "NOT ASSESSABLE\n\n" + "\n".join(textwrap.fill(r, 110) for r in result["reasons"])
+        ax.text(0.02, 0.95, text, ha="left", va="top", fontsize=9, family="monospace", transform=ax.transAxes)
+        ax.axis("off")
+    else:
+        scan = analysis["scan"] if analysis is not None else None
+        if scan is not None and nodules:
+            for i, n in enumerate(nodules[:MAX_NODULE_PANELS]):
+                ax = fig.add_subplot(1, n_panels, i + 1)
+                prob = f", p={n['probability']:.2f}" if n.get("probability") is not None else ""
+                x, y, z = n["center_mm"]
+                _axial_panel(ax, scan, n["center_voxel"][0], [n],
+                             f"nodule {i + 1}: {n['diameter_mm']:.0f} mm {n['type']}{prob}\n"
+                             f"LPS ({x:.0f}, {y:.0f}, {z:.0f}) mm")
+        elif scan is not None:
+            ax = fig.add_subplot(1, n_panels, 1)
+            zr = scan.stats.get("lung_z_range") or [0, scan.hu.shape[0] - 1]
+            _axial_panel(ax, scan, (zr[0] + zr[1]) // 2, [], "no nodule >= 4 mm found\n(lung mask outlined)")
+        else:
+            ax = fig.add_subplot(1, n_panels, 1)
+            ax.text(0.5, 0.5, "no CT given:\nno nodule findings", ha="center", va="center", fontsize=11)
+            ax.axis("off")
+        ax = fig.add_subplot(1, n_panels, n_panels - 1)
+        if cam is not None and inputs.get("samples") and "ct" in inputs["samples"][0]:
+            k = int(np.argmax([n.get("probability") or 0 for n in nodules])) if nodules else 0
+            crop = inputs["samples"][k]["ct"]["crop"][0].numpy()
+            mid = crop.shape[0] // 2
+            ax.imshow(crop[mid], cmap="gray", vmin=0, vmax=(300 + 1024) / 1424, interpolation="bilinear")
+            if cam.shape == crop.shape and cam.max() > 0:
+                ax.imshow(cam[mid], cmap="jet", alpha=0.3, vmin=0, vmax=float(cam.max()), interpolation="bilinear")
+            ax.set_title("most suspicious nodule: model input\n+ Grad-CAM (crop CNN)", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-        findings = result.get("ct_findings")
-        if findings:
-            ax3.set_xlabel(f"model reads: {findings['nodule_size_mm']} mm, {findings['nodule_type']}, "
-                           f"spiculated p={findings['spiculation_probability']:.2f}", fontsize=8)
-    else:
-        ax = fig.add_subplot(1, 4, (1, 3))
-        ax.text(0.5, 0.5, "no CT given", ha="center", va="center", fontsize=14)
-        ax.axis("off")
-    ax4 = fig.add_subplot(1, 4, 4)
+        else:
+            ax.axis("off")
+        _contributions(fig.add_subplot(1, n_panels, n_panels), result)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _contributions(ax, result: dict) -> None:
     contrib = result["contributions"].get("masked_delta", {})
     names = list(contrib) or ["none"]
     vals = [contrib.get(n, 0.0) for n in names]
-    ax4.barh(names, vals, color=["tab:red" if v > 0 else "tab:blue" for v in vals])
-    ax4.axvline(0, color="black", lw=0.8)
+    ax.barh(names, vals, color=["tab:red" if v > 0 else "tab:blue" for v in vals])
+    ax.axvline(0, color="black", lw=0.8)
     lim = max([abs(v) for v in vals] + [0.01]) * 1.5
-    ax4.set_xlim(-lim, lim)
-    ax4.locator_params(axis="x", nbins=5)
-    ax4.set_xlabel("probability change from each modality\n(all inputs minus that one masked)", fontsize=9)
+    ax.set_xlim(-lim, lim)
+    ax.locator_params(axis="x", nbins=5)
+    ax.set_xlabel("probability change from each modality\n(all inputs minus that one masked)", fontsize=8)
     weights = result["contributions"].get("fusion_weights", {})
-    ax4.set_title("modality contributions\nfusion weights: " + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()),
-                  fontsize=9)
+    ax.set_title("modality contributions\nfusion weights: " + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()),
+                 fontsize=8)
     for i, v in enumerate(vals):
-        ax4.text(v, i, f" {v:+.3f}", va="center", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".tmp.png") as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    return path
+        ax.text(v, i, f" {v:+.3f}", va="center", fontsize=8)
 
 
 def plot_calibration(y, p, path: Path, title: str = "calibration") -> Path:

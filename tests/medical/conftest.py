@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-TINY_SHAPE = (24, 48, 48)
+TINY_SHAPE = (40, 48, 48)  # 8 mm slices: the gate refuses thicker ones
 
 
 @pytest.fixture(scope="session")

@@ -26,14 +26,18 @@ def _bad(result):
 def test_predict_real_dicom_and_fhir(shared_data, tiny_model, tmp_path):
     m = shared_data / "medical"
     rec = next((m / "synthea_fhir_r4").glob("Austin_*.json"))
+    # The real head CT is read (its stray slice dropped with a warning) and judged not assessable: exit 0.
     out = _json(runner.invoke(app, ["predict", str(m / "monai_CT_DICOM"), "--record", str(rec), "--model",
                                     str(tiny_model), "--report", str(tmp_path / "rep"), "--json"]))
-    assert out["modalities"]["ct"] and out["modalities"]["record"]
+    assert out["assessable"] is False and out["probability"] is None and out["risk_category"] == "not_assessable"
+    assert any("field of view" in r for r in out["reasons"]) and out["nodules"] == []
+    assert "lung_rads" not in out and "ct_findings" not in out  # no CT findings from a scan that was not judged
     assert any("far from the others" in w for w in out["warnings"])
     assert list((tmp_path / "rep").glob("*.png"))
-    out = _json(runner.invoke(app, ["predict", str(m / "monai_CT_DICOM"), "--mri",
-                                    str(m / "monai_nifti" / "anatomical.nii"), "--model", str(tiny_model), "--json"]))
-    assert out["modalities"] == {"ct": True, "mri": True, "record": False}
+    # A brain MRI alone is not a chest MRI either.
+    out = _json(runner.invoke(app, ["predict", "--mri", str(m / "monai_nifti" / "anatomical.nii"), "--model",
+                                    str(tiny_model), "--json"]))
+    assert out["assessable"] is False and any("chest MRI" in r for r in out["reasons"])
 
 
 def test_bad_inputs(shared_data, tiny_model, tmp_path):

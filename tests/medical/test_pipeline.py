@@ -13,9 +13,13 @@ def test_pipeline_predict_keys(tiny_model, tiny_cohort, tmp_path):
     pipe = Pipeline.from_checkpoint(tiny_model, device="cpu")
     pdir = tiny_cohort / "patients" / "P00000"
     res = pipe.predict(study=pdir / "ct", record=pdir / "record.json", report=tmp_path / "rep")
-    assert set(res) >= {"probability", "risk_category", "modalities", "contributions", "warnings", "report"}
-    assert 0 <= res["probability"] <= 1
-    assert res["risk_category"] in ("low", "intermediate", "high")
+    assert set(res) >= {"assessable", "reasons", "probability", "risk_category", "lung_rads", "nodules",
+                        "modalities", "contributions", "warnings", "report"}
+    assert res["assessable"] and res["nodules"] and 0 <= res["probability"] <= 1
+    assert res["probability"] == max(n["probability"] for n in res["nodules"])
+    assert res["risk_category"] in ("low", "intermediate")
+    for n in res["nodules"]:
+        assert len(n["center_mm"]) == 3 and n["diameter_mm"] >= 4 and n["type"] in ("solid", "part-solid", "ground-glass")
     assert res["modalities"] == {"ct": True, "mri": False, "record": True}
     assert set(res["contributions"]["masked_delta"]) == {"ct", "record"}
     assert any("mri missing" in w for w in res["warnings"])
@@ -34,11 +38,25 @@ def test_record_only_and_mri(tiny_model, tiny_cohort):
         pipe.predict()
 
 
-def test_risk_category_thresholds():
-    from medical.pipeline import risk_category
+def test_risk_category_uses_the_bts_pre_pet_threshold_only():
+    from medical.clinical import risk_category
 
     assert risk_category(0.05) == "low" and risk_category(0.10) == "intermediate"
-    assert risk_category(0.70) == "intermediate" and risk_category(0.71) == "high"
+    assert risk_category(0.95) == "intermediate"  # Herder's > 70 % band is post-PET: never assigned here
+    assert risk_category(0.5, assessable=False) == "not_assessable"
+    assert risk_category(None, has_nodule=False) == "no_nodule"
+
+
+def test_lung_rads_v2022_from_size_and_type():
+    from medical.clinical import lung_rads, lung_rads_nodule
+
+    solid = {"type": "solid", "spiculation": False}
+    assert [lung_rads_nodule({**solid, "diameter_mm": d}) for d in (5, 7, 10, 20)] == ["2", "3", "4A", "4B"]
+    assert lung_rads_nodule({**solid, "diameter_mm": 10, "spiculation": True}) == "4X"
+    assert lung_rads_nodule({"type": "ground-glass", "diameter_mm": 25}) == "2"
+    assert lung_rads_nodule({"type": "ground-glass", "diameter_mm": 31}) == "3"
+    assert lung_rads_nodule({"type": "part-solid", "diameter_mm": 12, "solid_fraction": 0.05}) == "3"
+    assert lung_rads([])["category"] == "1"
 
 
 def test_checkpoint_rebuilds_and_rejects_tampering(tiny_model, tmp_path):
@@ -84,43 +102,6 @@ def test_train_modality_subset_fusion_and_resume(tiny_cohort, tmp_path):
     with pytest.raises(UserError, match="modality"):
         train(tiny_cohort, tmp_path / "x.pt", overrides=small, modalities=["pet"], epochs=1)
     assert not (tmp_path / "x.pt").exists()
-
-
-def test_preprocess_real_size_shapes():
-    from medical.io import Volume
-    from medical.preprocess import preprocess_ct
-
-    rng = np.random.default_rng(0)
-    arr = np.full((200, 512, 512), -1000, np.float32)
-    arr[:, 100:400, 60:450] = 40
-    arr[20:180, 150:350, 90:230] = -850
-    arr[20:180, 150:350, 280:420] = -850
-    arr += rng.normal(0, 5, (1, 512, 512)).astype(np.float32)
-    x = preprocess_ct(Volume(arr, (1.0, 0.7, 0.7), "CT", "mem"), 32, 24)
-    assert x["grid"].shape == (2, 32, 32, 32) and x["crop"].shape == (1, 24, 24, 24) and x["geom"].shape == (5,)
-    assert x["_candidate"]["box"] is not None  # the two "lungs" were found
-
-
-def test_candidate_finds_large_nodules(tmp_path):
-    """The nodule-centred crop is centred on the index nodule whenever it is >= 12 mm."""
-    import csv
-
-    from medical.io import load_ct
-    from medical.preprocess import find_candidate
-    from medical.synth import EXTENT_Z_MM, FOV_XY_MM, synth_cohort
-
-    shape = (48, 96, 96)
-    synth_cohort(tmp_path / "c", 16, seed=21, shape=shape, mri_fraction=0)
-    rows = [r for r in csv.DictReader(open(tmp_path / "c" / "manifest.csv")) if float(r["nodule_size_mm"]) >= 12]
-    assert rows, "the seed should give some large nodules"
-    spacing = (EXTENT_Z_MM / shape[0], FOV_XY_MM / shape[1], FOV_XY_MM / shape[2])
-    for r in rows:
-        vol = load_ct(tmp_path / "c" / r["ct"])
-        cand = find_candidate(vol.array, vol.spacing)
-        mm = [(c - (n - 1) / 2) * sp for c, n, sp in zip(cand["centre"], shape, spacing)]
-        true = [float(r["nodule_z_mm"]), float(r["nodule_y_mm"]), float(r["nodule_x_mm"])]
-        dist = sum((a - b) ** 2 for a, b in zip(mm, true)) ** 0.5
-        assert dist < float(r["nodule_size_mm"]) / 2 + 2 * max(spacing), (r["patient_id"], dist)
 
 
 def test_validation_split_is_stratified_by_label():

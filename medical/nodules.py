@@ -1,0 +1,278 @@
+"""Nodule detection and measurement on the isotropic lung grid of :mod:`medical.lungs`.
+
+Candidates are scale-space maxima of the scale-normalised Laplacian of Gaussian (bright blobs of radius
+2.5-18 mm) next to aerated lung; tubes (vessels) and plates are suppressed with the Hessian eigenvalues at the
+candidate's scale (a blob curves down along all three axes, a vessel along two); bone is dropped by density.
+Each kept candidate is segmented (dense voxels connected to its centre, inside a ball of ~1.6 radii so the
+chest wall and vessels do not leak in) and measured: longest axial diameter (as Brock uses), type from the HU
+profile, spiculation, lobe position. Everything is in mm, so it behaves the same on 0.7 mm and 3 mm scans.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+RADII_MM = (2.5, 4.0, 6.0, 9.0, 13.0, 18.0)  # blob radii searched (LoG sigma = r / sqrt(3))
+DENSE_HU = -600.0  # nodule tissue (ground glass included: -750..-300; solid >= -300)
+SOLID_HU = -300.0
+BONE_HU = 200.0  # mean density above this: rib, vertebra, calcification
+MIN_RESPONSE_HU = 120.0  # scale-normalised LoG contrast a blob needs (lung -850 vs ground glass -600: ~250)
+MIN_BLOBNESS = 0.25  # |smallest| / |largest| Hessian eigenvalue: sphere 1, vessel (tube) ~0
+MIN_FILL_RATIO = 0.3  # elongated masks (vessel segments) fill little of the sphere over their length
+MIN_LUNG_CONTACT = 0.25  # share of the ring around the candidate that is aerated lung
+MIN_DIAMETER_MM = 4.0  # smaller findings are not reported (Lung-RADS: < 4 mm needs no follow-up)
+PER_SCALE = 25  # strongest responses per scale examined in detail
+MIN_SIGMA_VOXELS = 0.7  # finer scales than the grid resolves respond to noise, not blobs
+MAX_REPORTED = 10
+SPICULATED = 0.15  # spiculation score above which a nodule is called spiculated (set on synthetic nodules)
+
+
+def _log_responses(hu: np.ndarray, spacing: float):
+    """Yield (radius_mm, response map) per scale; large scales on a 2x coarser copy for speed."""
+    from scipy import ndimage
+
+    img = np.clip(hu, -1000.0, 100.0).astype(np.float32)
+    half = None
+    for r in RADII_MM:
+        sigma_mm = r / math.sqrt(3.0)
+        if sigma_mm / spacing < MIN_SIGMA_VOXELS:
+            continue
+        if sigma_mm / spacing > 3.0 and min(img.shape) >= 8:
+            if half is None:
+                half = ndimage.zoom(img, 0.5, order=1)
+            resp = -(sigma_mm ** 2) * ndimage.gaussian_laplace(half, sigma_mm / (2 * spacing), truncate=3.0,
+                                                               mode="nearest") / (2 * spacing) ** 2
+            yield r, resp, 2
+        else:
+            resp = -(sigma_mm ** 2) * ndimage.gaussian_laplace(img, sigma_mm / spacing, truncate=3.0,
+                                                               mode="nearest") / spacing ** 2
+            yield r, resp, 1
+
+
+def find_candidates(hu: np.ndarray, lung: np.ndarray, spacing: float) -> list[dict]:
+    """Blob-shaped scale-space maxima near the lungs, one per blob:
+    [{"index": (z, y, x) on the grid, "radius_mm", "response", "blobness"}], strongest first."""
+    from scipy import ndimage
+
+    near_lung = lung  # the closed mask holds juxtapleural nodules; the mediastinum and hila stay outside
+    found = []
+    for r, resp, factor in _log_responses(hu, spacing):
+        peaks = (resp == ndimage.maximum_filter(resp, size=3)) & (resp >= MIN_RESPONSE_HU)
+        idx = np.argwhere(peaks)
+        idx = idx[np.argsort(-resp[tuple(idx.T)])]
+        n = 0
+        for i in idx:
+            full = tuple(min(int(a * factor), s - 1) for a, s in zip(i, hu.shape))
+            if not near_lung[full]:
+                continue
+            b = blobness(hu, full, r, spacing)  # vessels (tubes) and plates stop here
+            if b >= MIN_BLOBNESS:
+                found.append({"index": full, "radius_mm": r, "response": float(resp[tuple(i)]), "blobness": b})
+            n += 1
+            if n >= PER_SCALE:
+                break
+    found.sort(key=lambda c: -c["response"])
+    kept: list[dict] = []
+    for c in found:  # non-maximum suppression across scales
+        if all(_dist(c, k, spacing) > max(c["radius_mm"], k["radius_mm"]) for k in kept):
+            kept.append(c)
+    return kept
+
+
+def _dist(a, b, spacing) -> float:
+    return spacing * float(np.linalg.norm(np.subtract(a["index"], b["index"])))
+
+
+def blobness(hu: np.ndarray, index, radius_mm: float, spacing: float) -> float:
+    """|lambda_min| / |lambda_max| of the Hessian at the candidate's scale, 0 unless all three are negative."""
+    from scipy import ndimage
+
+    sigma = radius_mm / math.sqrt(3.0) / spacing
+    h = int(math.ceil(3 * sigma)) + 2
+    sl = tuple(slice(max(0, i - h), i + h + 1) for i in index)
+    patch = np.clip(hu[sl], -1000, 100).astype(np.float32)
+    c = tuple(i - s.start for i, s in zip(index, sl))
+    hess = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            order = [0, 0, 0]
+            order[a] += 1
+            order[b] += 1
+            v = ndimage.gaussian_filter(patch, sigma, order=order, mode="nearest")[c]
+            hess[a, b] = hess[b, a] = v
+    ev = np.linalg.eigvalsh(hess)
+    if ev.max() >= 0:
+        return 0.0
+    mags = np.sort(np.abs(ev))
+    return float(mags[0] / max(mags[-1], 1e-9))
+
+
+def segment(hu: np.ndarray, index, radius_mm: float, spacing: float) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
+    """Dense voxels connected to the centre inside a ball of 1.6 radii (+ 1 voxel): the nodule's mask in a
+    local box: (body after an opening that cuts attached vessels, body plus the raw mask's rim within a quarter
+    radius of it: what the diameter is measured on, the box)."""
+    from scipy import ndimage
+
+    rad = 1.6 * radius_mm / spacing + 1
+    h = int(math.ceil(rad)) + 1
+    sl = tuple(slice(max(0, i - h), i + h + 1) for i in index)
+    box = hu[sl]
+    c = np.array([i - s.start for i, s in zip(index, sl)])
+    zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in box.shape)]
+    ball = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= rad ** 2
+    dense = (box > DENSE_HU) & ball
+    labels, n = ndimage.label(dense)
+    if n == 0:
+        return np.zeros_like(dense), np.zeros_like(dense), sl
+    core = labels[tuple(c)]
+    if core == 0:  # centre voxel itself below the threshold (tiny / faint): nearest dense component
+        d = ndimage.distance_transform_edt(labels == 0, return_indices=True)[1]
+        core = labels[tuple(d[:, c[0], c[1], c[2]])]
+    mask = raw = labels == core
+    # Opening with a ball of half the blob radius cuts attached vessels and strands off the nodule's body.
+    rho = 0.5 * radius_mm
+    if rho > spacing:
+        body = ndimage.distance_transform_edt(mask, sampling=spacing) > rho
+        body = ndimage.distance_transform_edt(~body, sampling=spacing) <= rho
+        lab, n = ndimage.label(body & mask)
+        if n:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            mask = lab == int(np.argmax(sizes))
+            # Lobulated edges the opening shaved off still count for the size (readers measure the outline).
+            raw = raw & (ndimage.distance_transform_edt(~mask, sampling=spacing) <= 0.5 * rho)
+    return mask, raw | mask, sl
+
+
+def fill_ratio(mask: np.ndarray, spacing: float) -> float:
+    """Mask volume / volume of the sphere spanning its longest 3D extent: ~0.5-1 for a nodule, ~0.1 for a
+    vessel segment."""
+    pts = np.argwhere(mask).astype(float)
+    if len(pts) < 2:
+        return 1.0
+    if len(pts) > 300:
+        from scipy.spatial import ConvexHull, QhullError
+
+        try:
+            pts = pts[ConvexHull(pts).vertices]
+        except (QhullError, ValueError):
+            pass
+    d = (np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).max() + 1.0) * spacing
+    return float(mask.sum() * spacing ** 3 / (math.pi / 6.0 * d ** 3))
+
+
+def longest_axial_diameter(mask: np.ndarray, spacing: float) -> tuple[float, int]:
+    """Longest in-plane extent (mm) on the axial slice where the nodule is largest, and that slice."""
+    areas = mask.sum(axis=(1, 2))
+    k = int(np.argmax(areas))
+    pts = np.argwhere(mask[k]).astype(float)
+    if len(pts) < 2:
+        return spacing, k
+    if len(pts) > 400:  # the longest chord runs between hull points
+        from scipy.spatial import ConvexHull, QhullError
+
+        try:
+            pts = pts[ConvexHull(pts).vertices]
+        except (QhullError, ValueError):
+            pass
+    d = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).max()
+    return float((d + 1.0) * spacing), k  # +1 voxel: extent of the outer voxel faces
+
+
+def nodule_type(values: np.ndarray) -> str:
+    """solid / part-solid / ground-glass from the HU of the nodule's voxels."""
+    if values.size == 0 or np.percentile(values, 90) < SOLID_HU:
+        return "ground-glass"
+    return "solid" if float((values >= SOLID_HU).mean()) >= 0.5 else "part-solid"
+
+
+def spiculation_score(hu: np.ndarray, index, radius_mm: float, spacing: float) -> float:
+    """Share of the shell between 1.15 and 1.6 equivalent radii that is dense: strands radiating from the
+    nodule fill part of it, a smooth nodule in clear lung leaves it empty (a passing vessel adds a little)."""
+    h = int(math.ceil(1.6 * radius_mm / spacing)) + 1
+    sl = tuple(slice(max(0, i - h), i + h + 1) for i in index)
+    box = hu[sl]
+    c = [i - s.start for i, s in zip(index, sl)]
+    zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in box.shape)]
+    d = np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) * spacing
+    shell = (d >= 1.15 * radius_mm) & (d <= 1.6 * radius_mm)
+    return float((box[shell] > DENSE_HU).mean()) if shell.any() else 0.0
+
+
+def lung_contact(hu: np.ndarray, index, radius_mm: float, spacing: float) -> float:
+    """Share of a ring just outside the candidate (1.3-1.8 radii) that is aerated lung (< -700 HU)."""
+    h = int(math.ceil(1.8 * radius_mm / spacing)) + 1
+    sl = tuple(slice(max(0, i - h), i + h + 1) for i in index)
+    box = hu[sl]
+    c = [i - s.start for i, s in zip(index, sl)]
+    zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in box.shape)]
+    d = np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) * spacing
+    shell = (d >= 1.3 * radius_mm) & (d <= 1.8 * radius_mm)
+    return float((box[shell] < -700).mean()) if shell.any() else 0.0
+
+
+def detect_nodules(scan) -> list[dict]:
+    """Nodules >= MIN_DIAMETER_MM in an assessable :class:`medical.lungs.ChestScan`, largest first.
+
+    Returns:
+        [{"center_voxel": [z, y, x] on the working grid, "center_mm": [x, y, z] LPS, "diameter_mm", "type",
+        "spiculation" (bool), "spiculation_score", "upper_lobe" (bool or None), "radius_mm" (LoG scale),
+        "blobness", "mean_hu"}]
+    """
+    hu, lung, sp = scan.hu, scan.lung, scan.spacing_mm
+    nodules = []
+    for c in find_candidates(hu, lung, sp):
+        idx, r, b = c["index"], c["radius_mm"], c["blobness"]
+        mask, outline, sl = segment(hu, idx, r, sp)
+        if mask.sum() == 0:
+            continue
+        fill = fill_ratio(mask, sp)
+        if fill < MIN_FILL_RATIO:
+            continue
+        values = hu[sl][mask]
+        mean_hu = float(values.mean())
+        if mean_hu > BONE_HU:
+            continue
+        contact = lung_contact(hu, idx, r, sp)
+        if contact < MIN_LUNG_CONTACT:
+            continue
+        diameter, k = longest_axial_diameter(outline, sp)
+        if diameter < MIN_DIAMETER_MM:
+            continue
+        centroid = np.argwhere(mask).mean(axis=0) + [s.start for s in sl]
+        r_eq = (3.0 * mask.sum() / (4.0 * math.pi)) ** (1 / 3) * sp
+        spic = spiculation_score(hu, tuple(int(round(v)) for v in centroid), max(r_eq, sp), sp)
+        nodules.append({
+            "center_voxel": [int(round(v)) for v in centroid],
+            "center_mm": [round(v, 1) for v in scan.index_to_lps(centroid)],
+            "diameter_mm": round(diameter, 1),
+            "type": nodule_type(values),
+            "solid_fraction": round(float((values >= SOLID_HU).mean()), 3),
+            "spiculation": bool(spic >= SPICULATED),
+            "spiculation_score": round(spic, 3),
+            "upper_lobe": _upper_lobe(scan, centroid[0]),
+            "radius_mm": r, "blobness": round(b, 3), "lung_contact": round(contact, 3), "fill_ratio": round(fill, 3),
+            "mean_hu": round(mean_hu, 1),
+        })
+    nodules = _dedupe(nodules)
+    nodules.sort(key=lambda n: -n["diameter_mm"])
+    return nodules[:MAX_REPORTED]
+
+
+def _dedupe(nodules: list[dict]) -> list[dict]:
+    """Two candidates on one nodule (e.g. a lobulated one at two scales): keep the larger measurement."""
+    nodules = sorted(nodules, key=lambda n: -n["diameter_mm"])
+    kept: list[dict] = []
+    for n in nodules:
+        if all(np.linalg.norm(np.subtract(n["center_mm"], k["center_mm"])) > 0.5 * k["diameter_mm"] for k in kept):
+            kept.append(n)
+    return kept
+
+
+def _upper_lobe(scan, z: float) -> bool | None:
+    """Upper lobe ~ upper half of the lung's height; unknown when the scan does not hold the whole lung."""
+    zr = scan.stats.get("lung_z_range")
+    if not zr or scan.stats.get("partial_coverage") or zr[1] <= zr[0]:
+        return None
+    return bool((z - zr[0]) / (zr[1] - zr[0]) > 0.5)  # axis 0 runs inferior -> superior

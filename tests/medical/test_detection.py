@@ -1,0 +1,88 @@
+"""The assessability gate and the nodule detector on synthetic phantoms (in memory, fast) and on the real scans
+in ../shared/data (skipped when absent)."""
+import numpy as np
+import pytest
+
+from medical.io import Volume
+from medical.lungs import read_chest_ct
+from medical.nodules import detect_nodules
+
+
+def _volume(arr, spacing):
+    """A Volume whose LPS coordinates equal the synthetic generator's (centred) mm coordinates."""
+    from medical.io import default_affine
+
+    aff = default_affine(spacing)
+    aff[:3, 3] = [-(arr.shape[2] - 1) * spacing[2] / 2, -(arr.shape[1] - 1) * spacing[1] / 2,
+                  -(arr.shape[0] - 1) * spacing[0] / 2]
+    return Volume(arr.astype(np.float32), spacing, "CT", "phantom", affine=aff)
+
+
+def _chest(seed, size_mm=None, shape=(64, 128, 128)):
+    from medical.synth import render_ct, sample_variables
+
+    rng = np.random.default_rng([seed, 77])
+    v = sample_variables(rng)
+    if size_mm is not None:
+        v["nodule_size_mm"] = size_mm
+    ct, spacing, extra = render_ct(v, rng, shape)
+    return _volume(ct, spacing), v, extra
+
+
+def _abdomen():
+    """Body with soft tissue, fat, a spine and bowel-gas pockets: air inside the body but no lungs."""
+    z, y, x = np.ogrid[-31.5:32.5, -63.5:64.5, -63.5:64.5]
+    sp = (5.0, 2.7, 2.7)
+    body = (y * sp[1] / 110) ** 2 + (x * sp[2] / 160) ** 2 <= 1
+    arr = np.where(body, 40.0, -1000.0) + np.random.default_rng(0).normal(0, 15, (64, 128, 128))
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        c = rng.uniform([-25, -25, -40], [25, 25, 40])
+        r = rng.uniform(3, 7)
+        arr[((z - c[0]) / (r * 0.6)) ** 2 + ((y - c[1]) / r) ** 2 + ((x - c[2]) / r) ** 2 <= 1] = -1000
+    return _volume(arr, sp)
+
+
+def test_synthetic_chest_is_assessable_and_its_large_nodule_found():
+    vol, v, extra = _chest(5, size_mm=18.0)
+    scan = read_chest_ct(vol)
+    assert scan.assessable and not scan.reasons and not scan.warnings  # whole lungs inside the scan
+    assert 2000 < scan.stats["lung_volume_ml"] < 8000
+    nodules = detect_nodules(scan)
+    true = np.array([extra["centre_mm"][2], extra["centre_mm"][1], extra["centre_mm"][0]])  # z,y,x -> x,y,z
+    dist = [np.linalg.norm(np.subtract(n["center_mm"], true)) for n in nodules]
+    hit = nodules[int(np.argmin(dist))]
+    assert min(dist) < 9.0
+    assert abs(hit["diameter_mm"] - 18.0) / 18.0 < 0.3
+    assert hit["upper_lobe"] == bool(v["upper_lobe"])
+
+
+def test_abdomen_head_and_single_slice_are_not_assessable():
+    from pydicom.data import get_testdata_file
+
+    from medical.io import load_ct
+
+    scan = read_chest_ct(_abdomen())
+    assert not scan.assessable and any("lung" in r for r in scan.reasons)
+    head = read_chest_ct(load_ct(get_testdata_file("CT_small.dcm")))  # real CT, one 85 mm slice
+    assert not head.assessable and any("slice" in r for r in head.reasons)
+
+
+def test_partial_chest_slab_is_assessed_with_a_coverage_warning():
+    vol, _, _ = _chest(6)
+    slab = Volume(vol.array[28:40], vol.spacing, "CT", "slab", affine=vol.affine)
+    scan = read_chest_ct(slab)
+    assert scan.assessable and any("covers 60 mm" in w for w in scan.warnings)
+
+
+def test_real_scans(shared_data):
+    from medical.io import load_ct
+
+    m = shared_data / "medical"
+    head = read_chest_ct(load_ct(m / "monai_CT_DICOM"))
+    assert not head.assessable
+    scan = read_chest_ct(load_ct(m / "lidc_idri_0001_slab" / "ct"))
+    assert scan.assessable and any("partial chest coverage" in w for w in scan.warnings)
+    nodules = detect_nodules(scan)
+    near = [n for n in nodules if np.hypot(n["center_mm"][0] - 56.2, n["center_mm"][1] - 85.6) <= 10]
+    assert near and -125 <= near[0]["center_mm"][2] <= -107.5
