@@ -135,17 +135,13 @@ def dicom_huge_header(path: Path, rows: int = 65535, cols: int = 65535, frames: 
 
 
 def dicom_garbage_tags(path: Path) -> Path:
-    """A CT file whose size tags hold nonsense strings (IS values that are not integers)."""
+    """A CT file whose number tags (Slice Thickness, Rescale Slope: DS strings) hold letters."""
     ds = _ct_dataset(16, 16)
+    ds.SliceThickness = "1234.5"
+    ds.RescaleSlope = "6789.5"
     ds.PixelData = b"\x00" * (16 * 16 * 2)
-    raw = _body(ds)
+    raw = _body(ds).replace(b"1234.5", b"abc!ef").replace(b"6789.5", b"x1 y z")
     path.write_bytes(_file_meta("1.2.840.10008.1.2.1") + raw)
-    from pydicom import dcmread
-
-    d = dcmread(path, force=True)
-    d.SliceThickness = "abc"  # DS tag with a non-number
-    d.RescaleSlope = "x1"
-    d.save_as(path, enforce_file_format=False)
     return path
 
 
