@@ -115,30 +115,62 @@ def predict(study: Optional[Path] = typer.Argument(None, help="CT: DICOM series 
             record: Optional[Path] = typer.Option(None, "--record", help="FHIR R4 Bundle, flat JSON or one-row CSV"),
             mri: Optional[Path] = typer.Option(None, "--mri", help="MRI: DICOM series/file or NIfTI"),
             report: Optional[Path] = typer.Option(None, "--report", help="folder for the PNG report"),
+            fhir_out: Optional[Path] = typer.Option(None, "--fhir-out", help="write a FHIR R4 RiskAssessment (JSON)"),
+            as_of: Optional[str] = typer.Option(None, "--as-of", help="scan date YYYY-MM-DD for the record's age "
+                                                "(default: the CT's StudyDate)"),
             model: Optional[Path] = MODEL_OPT,
             device: str = DEVICE_OPT,
             json_out: bool = JSON_OPT):
-    """Malignancy probability, risk category, modality contributions (+ Grad-CAM picture with --report)."""
+    """Assessability, nodules (LPS mm), malignancy probability, BTS risk band, Lung-RADS, contributions."""
 
     def go():
-        from mmapps.cli_utils import check_output_dir, console
+        import datetime as dt
+        import json
 
+        from mmapps.cli_utils import check_output_dir, check_output_file, console
+        from mmapps.errors import UserError
+        from mmapps.io import atomic_write_text
+
+        from .clinical import fhir_risk_assessment
         from .pipeline import Pipeline
 
         if report is not None:
             check_output_dir(report)
+        if fhir_out is not None:
+            check_output_file(fhir_out)
+        try:
+            when = dt.date.fromisoformat(as_of) if as_of else None
+        except ValueError:
+            raise UserError(f"--as-of must be a date YYYY-MM-DD; got {as_of!r}") from None
         pipe = Pipeline.from_checkpoint(model, device=device)
-        res = pipe.predict(study=study, record=record, mri=mri, report=report)
+        res = pipe.predict(study=study, record=record, mri=mri, report=report, as_of=when)
+        if fhir_out is not None:
+            atomic_write_text(fhir_out, json.dumps(fhir_risk_assessment(res, res.get("patient_id"),
+                                                                    _date(res.get("as_of")) or when), indent=1)
+                              + "\n")
+            res["fhir_out"] = str(fhir_out)
         if not json_out:
             for w in res["warnings"]:
                 console.print(f"[yellow]warning:[/yellow] {w}", markup=True, highlight=False)
-            res = {"probability": res["probability"], "risk category": res["risk_category"],
-                   **{f"uses {k}": v for k, v in res["modalities"].items()},
-                   **{f"contribution {k}": v for k, v in res["contributions"]["masked_delta"].items()},
-                   "report": res["report"]}
+            table = {"assessable": res["assessable"], **{f"reason {i + 1}": r for i, r in enumerate(res["reasons"])},
+                     "probability": res["probability"], "risk category": res["risk_category"],
+                     "recommendation": res["recommendation"],
+                     "Lung-RADS": (res.get("lung_rads") or {}).get("category")}
+            for i, n in enumerate(res["nodules"]):
+                table[f"nodule {i + 1}"] = (f"{n['diameter_mm']} mm {n['type']} at LPS {n['center_mm']} mm, "
+                                            f"p={n['probability']}")
+            table.update({f"contribution {k}": v for k, v in res["contributions"].get("masked_delta", {}).items()})
+            table["report"] = res["report"]
+            res = table
         _show("medical predict", res, json_out)
 
     _run(go)
+
+
+def _date(text):
+    import datetime as dt
+
+    return dt.date.fromisoformat(text) if text else None
 
 
 def demo(out_dir: Path) -> dict:

@@ -28,7 +28,7 @@ def load_sample(root: Path, row: dict, cfg: ModelConfig, with_targets: bool = Tr
     if "ct" in cfg.modalities and row.get("ct"):
         analysis = _analysis(str(root / row["ct"]))
         if analysis["scan"].assessable:
-            cts = ct_inputs(analysis, cfg.ct_grid, cfg.ct_crop)
+            cts = ct_inputs(analysis, cfg.ct_grid, cfg.ct_crop, cfg.measured)
             cts = cts[:MAX_NODULES_PER_STUDY] if all_nodules else cts[:1]
     if "mri" in cfg.modalities and row.get("mri"):
         sample["mri"] = preprocess_mri(load_mri(root / row["mri"]), cfg.mri_grid).half()

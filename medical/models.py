@@ -23,6 +23,13 @@ AUX_HEADS = {"nodule_size": "regression", "nodule_type": "multiclass", "spiculat
 NODULE_TYPES = ("solid", "part-solid", "non-solid")
 CT_WINDOW = (-1024.0, 400.0)  # HU range mapped to [0, 1]; keeps emphysema (< -950) apart from lung (-850)
 
+# Measured CT variables (Brock's, from the detector and the lung mask), fed beside the CNN features and to the
+# Brock/PLCO-shaped linear term of the malignancy head. Position in the lung box comes first (the old 5-number
+# geometry is this vector's first 3 entries + radius + found flag when ``measured`` is off).
+MEASURED_FEATURES = ("pos_z", "pos_y", "pos_x", "brock_size", "part_solid", "ground_glass", "spiculation",
+                     "upper_lobe", "lobe_unknown", "emphysema_fraction", "nodule_count", "found")
+GEOMETRY_FEATURES = 5
+
 # Record features: value columns (scaled like the clinical model uses them) + one missing indicator each.
 RECORD_FEATURES = ("age", "female", "family_history_lung_cancer", "education", "bmi", "copd",
                    "personal_cancer_history", "current_smoker", "former_smoker", "cigs_inverse",
@@ -94,11 +101,12 @@ class CTEncoder(nn.Module):
 
     target_layer = "grid_net.features"
 
-    def __init__(self, out_dim: int = 64, channels=(16, 32, 64), crop_channels=(16, 32, 64), dropout: float = 0.1):
+    def __init__(self, out_dim: int = 64, channels=(16, 32, 64), crop_channels=(16, 32, 64), dropout: float = 0.1,
+                 geom_dim: int = GEOMETRY_FEATURES):
         super().__init__()
         self.grid_net = VolumeEncoder(2, out_dim, channels, dropout)
         self.crop_net = VolumeEncoder(1, out_dim, crop_channels, dropout)
-        self.geom = nn.Sequential(nn.Linear(5, 16), nn.GELU())
+        self.geom = nn.Sequential(nn.Linear(geom_dim, 16), nn.GELU())
         self.proj = nn.Sequential(nn.Linear(2 * out_dim + 16, out_dim), nn.GELU())
         self.out_dim = out_dim
 
@@ -126,6 +134,11 @@ class ModelConfig:
     modality_dropout: float = 0.25
     aux_heads: bool = True
     aux_weight: float = 0.3
+    measured: bool = True  # measured Brock variables beside the CNN features + a linear Brock/PLCO term
+
+    @property
+    def geom_dim(self) -> int:
+        return len(MEASURED_FEATURES) if self.measured else GEOMETRY_FEATURES
 
     def validate(self) -> None:
         if not self.modalities:
@@ -160,18 +173,52 @@ def build_model(cfg: ModelConfig):
 
     encoders = {}
     if "ct" in cfg.modalities:
-        encoders["ct"] = CTEncoder(cfg.encoder_dim, tuple(cfg.ct_channels), tuple(cfg.crop_channels))
+        encoders["ct"] = CTEncoder(cfg.encoder_dim, tuple(cfg.ct_channels), tuple(cfg.crop_channels),
+                                   geom_dim=cfg.geom_dim)
     if "mri" in cfg.modalities:
         encoders["mri"] = VolumeEncoder(1, cfg.encoder_dim, tuple(cfg.mri_channels))
     if "record" in cfg.modalities:
         encoders["record"] = get_encoder("tabular", in_features=2 * len(RECORD_FEATURES), hidden=cfg.record_hidden,
                                          out_dim=cfg.encoder_dim)
-    heads = {"malignancy": HeadSpec("binary", 1, 1.0)}
+    heads = {"malignancy": BrockPLCOHead(cfg.fusion_dim, cfg.geom_dim if "ct" in cfg.modalities else 0,
+                                         2 * len(RECORD_FEATURES) if "record" in cfg.modalities else 0)
+             if cfg.measured else HeadSpec("binary", 1, 1.0)}
     if cfg.aux_heads:
         for name, kind in AUX_HEADS.items():
             heads[name] = HeadSpec(kind, len(NODULE_TYPES) if kind == "multiclass" else 1, cfg.aux_weight)
     return FusionModel(encoders, heads, fusion=cfg.fusion, fusion_dim=cfg.fusion_dim,
                        modality_dropout=cfg.modality_dropout)
+
+
+class BrockPLCOHead(nn.Module):
+    """Malignancy logit = a linear term on the measured CT variables and the record (the shape of the Brock and
+    PLCOm2012 models: a logistic regression) + an MLP on the fused features that learns the residual.
+
+    A modality that is absent (or dropped) contributes nothing to the linear term.
+    """
+
+    kind = "binary"
+    weight = 1.0
+
+    def __init__(self, fused_dim: int, measured_dim: int, record_dim: int, hidden: int = 64):
+        super().__init__()
+        self.residual = nn.Sequential(nn.Linear(fused_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.measured = nn.Linear(measured_dim, 1, bias=False) if measured_dim else None
+        self.record = nn.Linear(record_dim, 1, bias=False) if record_dim else None
+
+    def forward(self, fused, context=None):
+        out = self.residual(fused)
+        batch, present = (context or {}).get("batch", {}), (context or {}).get("present", {})
+        if self.measured is not None and "ct" in present:
+            out = out + self.measured(batch["ct"]["geom"]) * present["ct"].float()[:, None]
+        if self.record is not None and "record" in present:
+            out = out + self.record(batch["record"]) * present["record"].float()[:, None]
+        return out
+
+    def loss(self, output, target, context=None):
+        from mmapps.model import head_loss
+
+        return head_loss("binary", output, target)
 
 
 def aux_targets(row: dict) -> dict:

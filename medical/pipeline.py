@@ -36,13 +36,14 @@ class Pipeline(CorePipeline):
         return build_model(config)
 
     # -- the three steps -----------------------------------------------------------------------------
-    def preprocess(self, study=None, record=None, mri=None) -> dict:
+    def preprocess(self, study=None, record=None, mri=None, as_of=None) -> dict:
         """Read and validate the inputs, gate the scans, find the nodules.
 
         Args:
             study: CT as a DICOM series folder, DICOM file or NIfTI file (or None).
             record: FHIR R4 Bundle, flat JSON or one-row CSV (or None).
             mri: MRI as a DICOM series/file or NIfTI (or None).
+            as_of: the scan date (``datetime.date``) for the record's age when the CT header has no StudyDate.
         Returns:
             {"samples": one model sample per reported nodule ({"ct": {"grid": [2,g,g,g], "crop": [1,c,c,c],
             "geom": [5]}, "mri": [1,m,m,m], "record": [2*F]}, present modalities only; empty when nothing can be
@@ -60,24 +61,26 @@ class Pipeline(CorePipeline):
         ct_list: list[dict] = []
         analysis = None
         ct_tags = None
-        if record is not None:  # read first: a broken record is an error whatever the scans show
-            fields, w = read_record(record)
+        vol = load_ct(study) if study is not None else None
+        if vol is not None:
+            warnings += vol.warnings
+            ct_tags = vol.tags
+            as_of = _study_date(vol.tags.get("StudyDate")) or as_of
+        if record is not None:  # before the gate: a broken record is an error whatever the scan shows
+            fields, w = read_record(record, as_of)
             warnings += w
             if "record" in self.config.modalities:
                 shared["record"] = torch.from_numpy(record_vector(fields))
             else:
                 warnings.append(f"{record}: this model does not use the record; ignored")
-        if study is not None:
-            vol = load_ct(study)
-            warnings += vol.warnings
-            ct_tags = vol.tags
+        if vol is not None:
             analysis = analyse_ct(vol)
             scan = analysis["scan"]
             warnings += scan.warnings
             if not scan.assessable:
                 reasons += [f"CT {study}: {r}" for r in scan.reasons]
             elif "ct" in self.config.modalities:
-                ct_list = ct_inputs(analysis, self.config.ct_grid, self.config.ct_crop)
+                ct_list = ct_inputs(analysis, self.config.ct_grid, self.config.ct_crop, self.config.measured)
             else:
                 warnings.append(f"{study}: this model does not use CT; nodules measured, not scored by the CT")
         mri_ok = False
@@ -113,6 +116,8 @@ class Pipeline(CorePipeline):
                 warnings.append(f"{m} missing: predicted without it")
         return {"samples": samples, "assessable": assessable, "reasons": reasons, "nodules": nodules,
                 "analysis": analysis, "warnings": warnings, "study": study,
+                "patient_id": (ct_tags or {}).get("PatientID") or None,
+                "as_of": as_of.isoformat() if as_of else None,
                 "modalities": {"ct": analysis is not None and assessable and bool(ct_list),
                                "mri": mri_ok, "record": "record" in shared}}
 
@@ -169,23 +174,26 @@ class Pipeline(CorePipeline):
         for n in result["nodules"]:
             n.setdefault("probability", None)
         result["modalities"] = inputs["modalities"]
+        result["patient_id"] = inputs.get("patient_id")
+        result["as_of"] = inputs.get("as_of")  # the scan date the record was read at
         result["contributions"] = contributions
         result["warnings"] = list(inputs["warnings"])
         result["report"] = None
         return result
 
     # -- public API ----------------------------------------------------------------------------------
-    def predict(self, study=None, record=None, mri=None, report: str | Path | None = None) -> dict:
+    def predict(self, study=None, record=None, mri=None, report: str | Path | None = None, as_of=None) -> dict:
         """Malignancy risk of one patient.
 
         Args:
             study, record, mri: as in ``preprocess`` (any may be None, not all).
             report: folder for the PNG report, or None.
+            as_of: scan date for the record's age when the CT has no StudyDate (``datetime.date`` or None).
         Returns:
             {"assessable", "reasons", "probability" (None when not assessable or no nodule), "risk_category",
             "lung_rads" (when a CT was read), "nodules", "modalities", "contributions", "warnings", "report", ...}.
         """
-        inputs = self.preprocess(study, record, mri)
+        inputs = self.preprocess(study, record, mri, as_of)
         with torch.no_grad():
             outputs = self._forward(inputs)
         result = self.postprocess(outputs, inputs)
@@ -240,6 +248,16 @@ class Pipeline(CorePipeline):
         except Exception as e:  # an explanation must never break a prediction
             _w.warn(f"Grad-CAM failed: {e}")
             return None
+
+
+def _study_date(text):
+    """DICOM StudyDate (YYYYMMDD) -> date, or None."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.strptime(str(text or "").strip()[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def _take(value, k: int):

@@ -70,26 +70,48 @@ def nodule_crop(scan, centre, crop: int, crop_mm: float = 56.0) -> torch.Tensor:
     return _resize(torch.from_numpy(_window(cube).astype(np.float32))[None, None], (crop, crop, crop))[0]
 
 
-def nodule_geometry(scan, nodule: dict | None) -> torch.Tensor:
-    """[5]: the nodule's position in the lung box (-1..1 per axis), radius (cm), found flag."""
+def nodule_measures(scan, nodule: dict | None, count: int, measured: bool = True) -> torch.Tensor:
+    """The measured CT variables of one nodule (``MEASURED_FEATURES``, or the 5-number geometry when
+    ``measured`` is off): position in the lung box (-1..1), Brock's size term, type, spiculation, lobe,
+    emphysema (lung fraction < -950 HU), nodule count, found flag."""
+    from .models import GEOMETRY_FEATURES, MEASURED_FEATURES
+
+    emphysema = float(scan.stats.get("emphysema_fraction", 0.0))
     if nodule is None:
-        return torch.zeros(5)
+        v = torch.zeros(len(MEASURED_FEATURES) if measured else GEOMETRY_FEATURES)
+        if measured:
+            v[MEASURED_FEATURES.index("emphysema_fraction")] = 10.0 * emphysema
+            v[MEASURED_FEATURES.index("lobe_unknown")] = 1.0
+            v[MEASURED_FEATURES.index("nodule_count")] = -1.0
+        return v
     box = lung_box(scan)
     c = nodule["center_voxel"]
     rel = [2.0 * (c[i] - a) / max(b - a, 1) - 1.0 for i, (a, b) in enumerate(box)]
-    return torch.tensor(rel + [nodule["diameter_mm"] / 20.0, 1.0], dtype=torch.float32)
+    if not measured:
+        return torch.tensor(rel + [nodule["diameter_mm"] / 20.0, 1.0], dtype=torch.float32)
+    d = max(float(nodule["diameter_mm"]), 1.0)
+    upper = nodule.get("upper_lobe")
+    values = rel + [
+        (d / 10.0) ** -0.5 - 1.58113883,  # Brock's size transform
+        float(nodule["type"] == "part-solid"), float(nodule["type"] == "ground-glass"),
+        float(nodule.get("spiculation_score", 0.0)) * 5.0,
+        float(bool(upper)) if upper is not None else 0.0, float(upper is None),
+        10.0 * emphysema, (count - 4) / 4.0, 1.0]
+    return torch.tensor(values, dtype=torch.float32)
 
 
-def ct_inputs(analysis: dict, grid: int, crop: int) -> list[dict]:
+def ct_inputs(analysis: dict, grid: int, crop: int, measured: bool = True) -> list[dict]:
     """The CT encoder's inputs, one per reported nodule (the lung grid shared):
-    [{"grid": [2,g,g,g], "crop": [1,c,c,c], "geom": [5]}]; one nodule-free entry when none was found."""
+    [{"grid": [2,g,g,g], "crop": [1,c,c,c], "geom": [len(MEASURED_FEATURES)] (or [5])}]; one nodule-free entry
+    when none was found."""
     scan = analysis["scan"]
     g = lung_grid(scan, grid)
     nodules = analysis["nodules"] or [None]
     out = []
     for n in nodules:
         centre = n["center_voxel"] if n is not None else [(a + b) // 2 for a, b in lung_box(scan)]
-        out.append({"grid": g, "crop": nodule_crop(scan, centre, crop), "geom": nodule_geometry(scan, n)})
+        out.append({"grid": g, "crop": nodule_crop(scan, centre, crop),
+                    "geom": nodule_measures(scan, n, len(analysis["nodules"]), measured)})
     return out
 
 

@@ -51,6 +51,10 @@ CANCER_WORDS = ("cancer", "carcinoma", "neoplasm", "malignan", "lymphoma", "leuk
 LOINC = {"smoking_status": "72166-2", "bmi": "39156-5", "height": "8302-2", "weight": "29463-7",
          "education": "82589-3", "pack_years": "401201003", "cigs_per_day": "230056004",
          "smoking_years": "mmapps-smoking-years", "years_quit": "mmapps-years-since-quit"}
+PACK_YEARS_LOINC = "8664-5"  # LOINC "Tobacco smoking status pack-years" (the SNOMED 401201003 code is read too)
+NOT_ESTABLISHED = {"refuted", "entered-in-error", "provisional", "differential", "unconfirmed"}
+NOT_CURRENT = {"resolved", "remission", "inactive"}  # a resolved COPD is no COPD; a cancer in remission is history
+MODEL_AGE_RANGE = (50, 80)  # the synthetic training cohort's ages
 
 
 def _bool(value, name: str, path: Path) -> bool | None:
@@ -135,8 +139,11 @@ def validate_record(raw: dict, path: Path) -> tuple[dict, list[str]]:
     return fields, warnings
 
 
-def read_record(path: str | Path) -> tuple[dict, list[str]]:
-    """FHIR R4 Bundle, flat JSON object, or one-row CSV -> (fields, warnings)."""
+def read_record(path: str | Path, as_of: dt.date | None = None) -> tuple[dict, list[str]]:
+    """FHIR R4 Bundle, flat JSON object, or one-row CSV -> (fields, warnings).
+
+    ``as_of``: the scan date (DICOM StudyDate) or the user's --as-of: a FHIR patient's age is taken then and
+    anything recorded after it is left out."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: record file not found")
@@ -158,12 +165,14 @@ def read_record(path: str | Path) -> tuple[dict, list[str]]:
         except (ValueError, RecursionError) as e:
             raise UserError(f"{path}: invalid JSON ({_short(e)})") from e
         if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
-            return parse_fhir_bundle(obj, path)
-        if isinstance(obj, dict) and "resourceType" in obj:
+            fields, warnings = parse_fhir_bundle(obj, path, as_of)
+        elif isinstance(obj, dict) and "resourceType" in obj:
             raise UserError(f"{path}: FHIR {obj.get('resourceType')!r} resource; a FHIR Bundle is expected")
-        if not isinstance(obj, dict):
+        elif not isinstance(obj, dict):
             raise UserError(f"{path}: a record must be a JSON object (or FHIR Bundle); got {type(obj).__name__}")
-        return validate_record(obj, path)
+        else:
+            fields, warnings = validate_record(obj, path)
+        return fields, warnings + _age_range_warning(fields, path)
     if suffix in (".csv", ".tsv") or ("," in text.splitlines()[0] if text.strip() else False):
         try:
             rows = list(csv.DictReader(_io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ","))
@@ -172,8 +181,27 @@ def read_record(path: str | Path) -> tuple[dict, list[str]]:
         if len(rows) != 1:
             raise UserError(f"{path}: a CSV record must have a header and exactly one row; got {len(rows)} rows")
         row = {k: v for k, v in rows[0].items() if k is not None}
-        return validate_record(row, path)
+        fields, warnings = validate_record(row, path)
+        return fields, warnings + _age_range_warning(fields, path)
     raise UserError(f"{path}: unknown record format (expected a FHIR R4 Bundle, a JSON object or a one-row CSV)")
+
+
+def _age_range_warning(fields: dict, path: Path) -> list[str]:
+    age = fields.get("age")
+    if age is not None and not MODEL_AGE_RANGE[0] <= age <= MODEL_AGE_RANGE[1]:
+        return [f"{path}: age {age:.0f} lies outside the model's training range {MODEL_AGE_RANGE[0]}-"
+                f"{MODEL_AGE_RANGE[1]}: the probability is an extrapolation"]
+    return []
+
+
+def _list(value) -> list:
+    """A FHIR array field; a wrong JSON type (an object, a number) reads as empty instead of crashing."""
+    return value if isinstance(value, list) else []
+
+
+def _status(resource: dict, field: str) -> str:
+    codes, words = _codes(resource.get(field))
+    return next(iter(codes), words.strip())
 
 
 def _date(text) -> dt.date | None:
@@ -186,15 +214,20 @@ def _date(text) -> dt.date | None:
 def _codes(concept) -> tuple[set[str], str]:
     if not isinstance(concept, dict):
         return set(), ""
-    codings = concept.get("coding") or []
+    codings = _list(concept.get("coding"))
     codes = {str(c.get("code")) for c in codings if isinstance(c, dict)}
     words = " ".join([str(concept.get("text") or "")] + [str(c.get("display") or "") for c in codings
                                                         if isinstance(c, dict)])
     return codes, words.lower()
 
 
-def parse_fhir_bundle(bundle: dict, path: Path) -> tuple[dict, list[str]]:
-    """Patient birthDate/gender, smoking Observations (LOINC 72166-2), BMI, Conditions, FamilyMemberHistory."""
+def parse_fhir_bundle(bundle: dict, path: Path, as_of: dt.date | None = None) -> tuple[dict, list[str]]:
+    """Patient birthDate/gender, smoking Observations (LOINC 72166-2), pack-years, BMI, Conditions (honouring
+    clinicalStatus / verificationStatus), FamilyMemberHistory.
+
+    Nothing recorded after ``as_of`` (the scan date) is used, the age is taken at ``as_of``, and a lung cancer is
+    never "personal cancer history": it is the outcome the model predicts, not an input.
+    """
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise UserError(f"{path}: Bundle.entry must be a list")
@@ -205,9 +238,13 @@ def parse_fhir_bundle(bundle: dict, path: Path) -> tuple[dict, list[str]]:
     dates = []
     latest: dict[str, tuple] = {}  # field -> (date, value): the most recent observation wins
     conditions = []
+    later = 0
     for r in resources:
         rt = r.get("resourceType")
         when = _date(r.get("effectiveDateTime") or r.get("onsetDateTime") or r.get("recordedDate"))
+        if when and as_of and when > as_of and rt in ("Observation", "Condition"):
+            later += 1
+            continue
         if when:
             dates.append(when)
         if rt == "Observation":
@@ -224,16 +261,24 @@ def parse_fhir_bundle(bundle: dict, path: Path) -> tuple[dict, list[str]]:
                 value = r.get("valueString")
             elif "valueBoolean" in r:
                 value = r.get("valueBoolean")
+            if _status(r, "status") in ("entered-in-error", "cancelled"):
+                continue
+            if PACK_YEARS_LOINC in codes:
+                codes = codes | {LOINC["pack_years"]}
             for name, code in LOINC.items():
                 if code in codes:
                     key = (when or dt.date.min)
                     if name not in latest or key >= latest[name][0]:
                         latest[name] = (key, value)
         elif rt == "Condition":
+            if _status(r, "verificationStatus") in NOT_ESTABLISHED:
+                continue
             codes, words = _codes(r.get("code"))
-            conditions.append((codes, words))
+            conditions.append((codes, words, _status(r, "clinicalStatus")))
         elif rt == "FamilyMemberHistory":
-            for c in r.get("condition") or []:
+            if _status(r, "status") == "entered-in-error":
+                continue
+            for c in _list(r.get("condition")):
                 codes, words = _codes(c.get("code") if isinstance(c, dict) else None)
                 if codes & SNOMED_LUNG_CANCER or ("lung" in words and any(w in words for w in CANCER_WORDS)):
                     raw["family_history_lung_cancer"] = True
@@ -245,10 +290,20 @@ def parse_fhir_bundle(bundle: dict, path: Path) -> tuple[dict, list[str]]:
         if p.get("birthDate") is not None and birth is None:
             raise UserError(f"{path}: Patient.birthDate {p.get('birthDate')!r} is not a date")
         if birth:
-            ref = _date(p.get("deceasedDateTime")) or (max(dates) if dates else REF_DATE)
+            died = _date(p.get("deceasedDateTime"))
+            if as_of is not None:
+                ref = as_of
+                if died and died < as_of:
+                    warnings.append(f"{path}: the patient died on {died}, before the scan date {as_of}: "
+                                    "is this the right record?")
+            else:
+                ref = _date(p.get("deceasedDateTime")) or (max(dates) if dates else REF_DATE)
+                warnings.append(f"{path}: no scan date (DICOM StudyDate or --as-of): age taken at the record's "
+                                f"latest date {ref}")
             age = (ref - birth).days / 365.25
             if age < 0:
-                raise UserError(f"{path}: Patient.birthDate {birth} lies after the record's latest date {ref}")
+                raise UserError(f"{path}: Patient.birthDate {birth} lies after "
+                                f"{'the scan date' if as_of else 'the record' + chr(39) + 's latest date'} {ref}")
             raw["age"] = round(age, 2)
     else:
         warnings.append(f"{path}: Bundle has no Patient resource (age and sex missing)")
@@ -262,13 +317,22 @@ def parse_fhir_bundle(bundle: dict, path: Path) -> tuple[dict, list[str]]:
             raw["bmi"] = w / (h * h)
         except (TypeError, ValueError, ZeroDivisionError):
             pass
+    if later:
+        warnings.append(f"{path}: {later} observation(s)/condition(s) dated after the scan ({as_of}) left out")
     if conditions:
-        raw["copd"] = any(c & SNOMED_COPD or "chronic obstructive" in w for c, w in conditions)
-        raw["emphysema"] = any(c & SNOMED_EMPHYSEMA or "emphysema" in w for c, w in conditions)
-        raw["personal_cancer_history"] = any(any(x in w for x in CANCER_WORDS) and "suspected" not in w
-                                             for c, w in conditions)
+        current = [(c, w) for c, w, st in conditions if st not in NOT_CURRENT]
+        raw["copd"] = any(c & SNOMED_COPD or "chronic obstructive" in w for c, w in current)
+        raw["emphysema"] = any(c & SNOMED_EMPHYSEMA or "emphysema" in w for c, w in current)
+        raw["personal_cancer_history"] = any(
+            any(x in w for x in CANCER_WORDS) and "suspected" not in w and not _is_lung_cancer(c, w)
+            for c, w, _ in conditions)
     fields, more = validate_record(raw, path)
     return fields, warnings + more
+
+
+def _is_lung_cancer(codes: set[str], words: str) -> bool:
+    return bool(codes & SNOMED_LUNG_CANCER) or (("lung" in words or "bronch" in words)
+                                                and any(x in words for x in CANCER_WORDS))
 
 
 def fhir_bundle(patient_id: str, rec: dict) -> dict:

@@ -35,10 +35,12 @@ def test_2d_mha_refused(shared_data):
 
 def test_synthea_records(shared_data):
     folder = shared_data / "medical" / "synthea_fhir_r4"
-    austin, _ = read_record(next(folder.glob("Austin_*.json")))
-    assert austin["personal_cancer_history"] is True  # non-small-cell lung cancer in his Conditions
+    import datetime as dt
+
+    austin, _ = read_record(next(folder.glob("Austin_*.json")), as_of=dt.date(1985, 7, 1))
+    assert austin["personal_cancer_history"] is False  # his lung cancer is the outcome, never an input
     assert austin["sex"] == "male"
-    assert 68 < austin["age"] < 70  # born 1920-04-23, died 1989-07-25
+    assert 65 < austin["age"] < 65.3  # born 1920-04-23; age at the scan date, not at death (1989)
     assert austin["smoking_status"] == "former"
     assert 27 < austin["bmi"] < 29
     buster, _ = read_record(next(folder.glob("Buster_*.json")))
@@ -142,3 +144,46 @@ def test_record_vector_missing_indicators():
     assert values[RECORD_FEATURES.index("age")] == pytest.approx(1.0)
     assert missing[RECORD_FEATURES.index("age")] == 0 and missing[RECORD_FEATURES.index("bmi")] == 1
     assert missing[RECORD_FEATURES.index("pack_years")] == 0  # never-smoker: known zero, not missing
+
+
+def test_fhir_history_excludes_the_index_cancer_and_later_records(tmp_path):
+    import datetime as dt
+
+    def cond(code, text, onset, clinical="active", verification="confirmed"):
+        return {"resource": {"resourceType": "Condition", "onsetDateTime": onset,
+                             "clinicalStatus": {"coding": [{"code": clinical}]},
+                             "verificationStatus": {"coding": [{"code": verification}]},
+                             "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}], "text": text}}}
+
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "gender": "female", "birthDate": "1950-06-01",
+                      "deceasedDateTime": "2030-01-01"}},
+        cond("254637007", "Non-small cell lung cancer", "2019-01-01"),  # the index cancer: the outcome
+        cond("13645005", "Chronic obstructive lung disease", "2015-01-01", verification="refuted"),
+        cond("363346000", "Malignant neoplastic disease", "2021-01-01"),  # after the scan
+        {"resource": {"resourceType": "Observation", "code": {"coding": [{"code": "8664-5"}]},
+                      "effectiveDateTime": "2018-01-01", "valueQuantity": {"value": 35}}},
+        {"resource": {"resourceType": "FamilyMemberHistory", "status": "completed",
+                      "condition": [{"code": {"coding": [{"code": "363358000"}]}}]}},
+    ]}
+    f = tmp_path / "b.json"
+    f.write_text(json.dumps(bundle))
+    fields, warnings = read_record(f, as_of=dt.date(2020, 6, 1))
+    assert fields["age"] == pytest.approx(70.0, abs=0.01)  # at the scan, not at death
+    assert fields["personal_cancer_history"] is False and fields["copd"] is False
+    assert fields["pack_years"] == 35 and fields["family_history_lung_cancer"] is True
+    assert any("after the scan" in w for w in warnings)
+
+
+def test_fhir_wrong_json_types_never_crash(tmp_path):
+    bundle = {"resourceType": "Bundle", "entry": [
+        {"resource": {"resourceType": "Patient", "gender": "male", "birthDate": "1960-01-01"}},
+        {"resource": {"resourceType": "Condition", "code": {"coding": 5}}},
+        {"resource": {"resourceType": "FamilyMemberHistory", "condition": {"code": 3}}},
+        {"resource": {"resourceType": "Observation", "code": {"coding": [{"code": "72166-2"}]},
+                      "valueCodeableConcept": {"coding": "x"}}},
+    ]}
+    f = tmp_path / "b.json"
+    f.write_text(json.dumps(bundle))
+    fields, _ = read_record(f)
+    assert fields["sex"] == "male"

@@ -91,11 +91,12 @@ def test_manifest_columns(tmp_path):
 
 def test_fhir_record_roundtrip(tmp_path):
     from medical.io import read_record
+    from medical.records import REF_DATE
 
     synth_cohort(tmp_path / "c", 2, seed=4, shape=SHAPE)
     rows = list(csv.DictReader(open(tmp_path / "c" / "manifest.csv")))
     for r in rows:
-        fields, warnings = read_record(tmp_path / "c" / r["record"])
+        fields, warnings = read_record(tmp_path / "c" / r["record"], as_of=REF_DATE)  # the CTs' StudyDate
         assert not warnings
         assert fields["age"] == pytest.approx(float(r["age"]), abs=0.1)
         assert fields["sex"] == r["sex"] and fields["smoking_status"] == r["smoking_status"]
