@@ -7,24 +7,28 @@ from typing import List, Optional
 
 import typer
 
-from mmapps.cli_utils import emit_json, run_command
+from mmapps.cli_utils import (DEVICE_OPT, JSON_OPT, MODEL_OPT, SHARD_OPT, WORKERS_OPT, check_output_dir,
+                              check_output_file, emit_json, print_table, run_command)
 from mmapps.device import apply_thread_limit
 
 app = typer.Typer(help="Speech + text -> spoken-language understanding (transcript, intent, slots, out-of-scope, "
                        "reply).", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-MODEL_OPT = typer.Option(None, "--model", help="checkpoint (default: the bundled SNIPS model)")
-DEVICE_OPT = typer.Option("auto", "--device", help="auto, cpu or cuda")
+ASR_OPT = typer.Option("whisper", "--asr", help="speech recogniser: whisper (default, open vocabulary) or "
+                                                  "pocketsphinx (light, domain LM)")
 
 
-def _pipeline(model, device):
+def _pipeline(model, device, asr="whisper"):
     from mmapps.config import check_choice
 
+    from .asr import ASR_CHOICES
+
     check_choice("--device", device, ["auto", "cpu", "cuda"])
+    check_choice("--asr", asr, ASR_CHOICES)
     apply_thread_limit()
     from .pipeline import Pipeline
 
-    return Pipeline.from_checkpoint(model, device=device)
+    return Pipeline.from_checkpoint(model, device=device, asr=asr)
 
 
 @app.command()
@@ -33,12 +37,12 @@ def synth(out: Path = typer.Argument(..., help="output folder (wav/ + manifest.j
           seed: int = typer.Option(0, "--seed"),
           voices: str = typer.Option("en-us,en-gb,en-029", "--voices", help="comma-separated espeak-ng voices"),
           limit: Optional[int] = typer.Option(None, "--limit", help="at most N utterances"),
-          workers: int = typer.Option(1, "--workers"),
-          shard: Optional[str] = typer.Option(None, "--shard", help="i/n: this process does the i-th of n slices"),
-          json_out: bool = typer.Option(False, "--json")):
+          workers: int = WORKERS_OPT, shard: Optional[str] = SHARD_OPT, json_out: bool = JSON_OPT):
     """Speech for a text intent dataset via espeak-ng (16 kHz wav, ~30 dB SNR noise)."""
     def go():
         from mmapps.parallel import parse_shard
+
+        check_output_dir(out)
 
         from .io import load_dataset
         from .synth import synth_dataset
@@ -67,26 +71,31 @@ def train(data: List[Path] = typer.Argument(..., help="SNIPS folder(s), CLINC150
           epochs: Optional[int] = typer.Option(None, "--epochs"),
           seed: int = typer.Option(0, "--seed"),
           resume: bool = typer.Option(False, "--resume"),
-          json_out: bool = typer.Option(False, "--json")):
+          json_out: bool = JSON_OPT):
     """Train the speech+text SLU model with the core Trainer (works under torchrun)."""
     def go():
         from .train import train as run
+
+        check_output_file(out)
 
         return run(list(data), out, oos_from=oos_from, cfg_overrides=set_, config_file=config, fusion=fusion,
                    epochs=epochs, seed=seed, resume=resume)
 
     r = run_command(go)
-    emit_json(r) if json_out else typer.echo(f"wrote {r['model']} ({r['epochs']} epochs; last {r['last']})")
+    if json_out:
+        emit_json(r)
+    else:
+        print_table([{"metric": k, "value": v} for k, v in r["last"].items()], f"wrote {r['model']} "
+                    f"({r['epochs']} epochs; last epoch)")
 
 
 @app.command()
 def evaluate(data: Path = typer.Argument(..., help="SNIPS folder, CLINC150 json (val + oos_val) or manifest"),
-             model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT,
+             model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT, asr: str = ASR_OPT,
              text_only: bool = typer.Option(False, "--text-only", help="ignore audio in a manifest"),
-             shard: Optional[str] = typer.Option(None, "--shard", help="i/n slice of the dataset"),
-             workers: int = typer.Option(1, "--workers", help="(accepted for the common contract; runs in-process)"),
-             json_out: bool = typer.Option(False, "--json")):
-    """intent_accuracy, slot_f1 (CoNLL spans), sentence_accuracy, oos_recall/in_scope_accuracy, wer."""
+             shard: Optional[str] = SHARD_OPT, json_out: bool = JSON_OPT):
+    """intent_accuracy, slot_f1 (CoNLL spans), sentence_accuracy, oos_recall/in_scope_accuracy, wer; with audio,
+    every metric comes from the audio (ASR -> NLU). Spread big sets over processes or machines with --shard."""
     def go():
         from mmapps.parallel import parse_shard, shard_items
 
@@ -96,41 +105,27 @@ def evaluate(data: Path = typer.Argument(..., help="SNIPS folder, CLINC150 json 
         examples, used = load_dataset(data, clinc_splits=("val", "oos_val"))
         if shard:
             examples = shard_items(examples, *parse_shard(shard))
-        pipe = _pipeline(model, device)
+        pipe = _pipeline(model, device, asr)
         return {"data": used, **evaluate_examples(pipe, examples, use_audio=not text_only)}
 
     r = run_command(go)
     if json_out:
         emit_json(r)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"assistant evaluate ({r['data']})")
-    t.add_column("metric")
-    t.add_column("value")
-    for k, v in r.items():
-        if k != "data":
-            t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(t)
+    print_table([{"metric": k, "value": v} for k, v in r.items() if k != "data"], f"assistant evaluate ({r['data']})")
 
 
 def _print_result(r: dict):
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(show_header=False)
-    for k in ("transcript", "intent", "confidence", "slots", "out_of_scope", "reply", "rtf"):
-        t.add_row(k, str(r.get(k)))
-    Console().print(t)
+    print_table([{"field": k, "value": r.get(k)} for k in ("transcript", "asr_confidence", "intent", "confidence",
+                                                          "slots", "out_of_scope", "reply", "rtf", "latency_ms")])
 
 
 @app.command()
 def understand(audio: Optional[Path] = typer.Option(None, "--audio", help="wav/flac/ogg (any rate) or raw with --raw"),
                text: Optional[str] = typer.Option(None, "--text", help="typed text (alone or with --audio)"),
                raw: bool = typer.Option(False, "--raw", help="audio is headerless 16 kHz int16"),
-               model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT,
-               json_out: bool = typer.Option(False, "--json")):
+               asr: str = ASR_OPT, model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT,
+               json_out: bool = JSON_OPT):
     """{transcript, intent, confidence, slots, out_of_scope, reply, rtf} for speech and/or text."""
     def go():
         from mmapps.errors import UserError
@@ -145,20 +140,20 @@ def understand(audio: Optional[Path] = typer.Option(None, "--audio", help="wav/f
             from .io import load_audio
 
             load_audio(audio, raw=raw)
-        return _pipeline(model, device).understand(audio=audio, text=text, raw=raw)
+        return _pipeline(model, device, asr).understand(audio=audio, text=text, raw=raw)
 
     r = run_command(go)
     emit_json(r) if json_out else _print_result(r)
 
 
 @app.command()
-def chat(model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT):
+def chat(model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT, asr: str = ASR_OPT):
     """Interactive: type text or a path to a wav; 'quit' or EOF ends."""
     import sys
 
     from mmapps.errors import UserError
 
-    pipe = run_command(_pipeline, model, device)
+    pipe = run_command(_pipeline, model, device, asr)
     typer.echo("say something (text or a path to a wav; 'quit' to end)", err=True)
     for line in sys.stdin:
         line = line.strip()
@@ -169,8 +164,9 @@ def chat(model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT):
         try:
             p = Path(line)
             r = pipe.understand(audio=p) if p.suffix.lower() in (".wav", ".flac", ".ogg", ".raw") else pipe.understand(text=line)
+            heard = f"   (heard: {r['transcript']})" if r["asr"] else ""
             typer.echo(f"[{r['intent']} {r['confidence']:.2f}{' OOS' if r['out_of_scope'] else ''}] {r['reply']}"
-                       + (f"   (heard: {r['transcript']})" if p.suffix.lower() in (".wav", ".flac", ".ogg", ".raw") else ""))
+                       f"   slots {r['slots']}  {r['latency_ms']:.0f} ms{heard}")
         except UserError as e:
             typer.echo(f"error: {' '.join(str(e).split())}", err=True)
 

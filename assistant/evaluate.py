@@ -56,36 +56,97 @@ def intent_metrics(true: list[str], pred: list[str]) -> dict:
     return out
 
 
-def evaluate_examples(pipe, examples: list[dict], use_audio: bool = True, workers: int = 1) -> dict:
-    """Run the pipeline over a dataset; audio examples go through ASR + fusion, others through text."""
+def slot_value_f1(true: list[dict], pred: list[dict]) -> dict:
+    """F1 over (slot, value) pairs, values compared in the WER form (case, punctuation, "10" == "ten"): the slot
+    metric that works when the words come from ASR and no longer align with the reference tags."""
+    from collections import Counter
+
+    from .asr import wer_form
+
+    tp = fp = fn = 0
+    for t, p in zip(true, pred):
+        tc = Counter((k, " ".join(wer_form(v))) for k, vs in t.items() for v in str(vs).split(" ; "))
+        pc = Counter((k, " ".join(wer_form(v))) for k, vs in p.items() for v in str(vs).split(" ; "))
+        hit = sum((tc & pc).values())
+        tp, fp, fn = tp + hit, fp + sum(pc.values()) - hit, fn + sum(tc.values()) - hit
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0}
+
+
+def _slot_form(slots: dict) -> dict:
+    from .asr import wer_form
+
+    return {k: " ".join(wer_form(v)) for k, v in slots.items()}
+
+
+def reference_slots(e: dict) -> dict:
+    """The reference {slot: value} of an example: given in the manifest, or read from its text and BIO tags."""
+    from .io import spans
+
+    return e["slots"] if isinstance(e.get("slots"), dict) else spans(e["tokens"], e["tags"])
+
+
+def evaluate_text(pipe, examples: list[dict]) -> dict:
+    """Typed-text metrics: intent accuracy (+ OOS recall / in-scope accuracy), CoNLL span slot F1, sentence
+    accuracy (intent and every tag right)."""
+    preds = pipe.predict([e["tokens"] for e in examples])
+    slots = slot_f1([e["tags"] for e in examples], [p["tags"] for p in preds])
+    out = {"n": len(examples), "mode": "text"}
+    out.update(intent_metrics([e["intent"] for e in examples], [p["intent"] for p in preds]))
+    out.update({"slot_f1": slots["f1"], "slot_precision": slots["precision"], "slot_recall": slots["recall"],
+                "sentence_accuracy": float(np.mean([p["intent"] == e["intent"] and p["tags"] == e["tags"]
+                                                    for p, e in zip(preds, examples)]))})
+    return out
+
+
+def evaluate_speech(pipe, examples: list[dict]) -> dict:
+    """Every metric from the audio (ASR -> NLU): intent accuracy, OOS recall, slot-value F1, sentence accuracy
+    (intent and all slot values right); WER over the rows that carry a reference text."""
+    from mmapps.progress import track
+
+    from .asr import asr_confidence, wer_form
     from .io import load_audio
     from .models import log_mel
 
-    audio_items = [e for e in examples if use_audio and e.get("audio")]
-    result = {"n": len(examples)}
-    if audio_items and len(audio_items) == len(examples):
-        hyps, mels = [], []
-        from mmapps.progress import track
+    hyps, mels, confs = [], [], []
+    for e in track(examples, "recognising speech", total=len(examples)):
+        x = load_audio(e["audio"])
+        text, words = pipe.asr.transcribe(x)
+        hyps.append(text)
+        confs.append(asr_confidence(words))
+        mels.append(log_mel(x) if pipe.meta.get("audio_trained", True) else None)
+    preds = pipe.predict([h.split() or None for h in hyps], mels, asr_confidences=confs)
+    out = {"n": len(examples), "mode": f"speech ({pipe.asr_name} ASR -> NLU)"}
+    out.update(intent_metrics([e["intent"] for e in examples], [p["intent"] for p in preds]))
+    ref_slots = [reference_slots(e) for e in examples]
+    sv = slot_value_f1(ref_slots, [p["slots"] for p in preds])
+    out.update({"slot_f1": sv["f1"], "slot_precision": sv["precision"], "slot_recall": sv["recall"],
+                "slot_metric": "slot-value F1 (ASR words do not align with the reference tags)",
+                "sentence_accuracy": float(np.mean([
+                    p["intent"] == e["intent"] and _slot_form(p["slots"]) == _slot_form(r)
+                    for p, e, r in zip(preds, examples, ref_slots)]))})
+    with_text = [(e, h) for e, h in zip(examples, hyps) if e.get("text")]
+    if with_text:
+        errors = sum(word_errors(wer_form(e["text"]), wer_form(h)) for e, h in with_text)
+        out["wer"] = errors / max(1, sum(len(wer_form(e["text"])) for e, _ in with_text))
+        out["wer_rows"] = len(with_text)
+    return out
 
-        for e in track(audio_items, "recognising speech", total=len(audio_items)):
-            x = load_audio(e["audio"])
-            hyps.append(pipe.asr.transcribe(x)[0])
-            mels.append(log_mel(x))
-        result["wer"] = wer([e["text"] for e in audio_items], hyps)
-        token_lists = [h.split() or None for h in hyps]
-        preds = pipe.predict(token_lists, mels)
-        result["mode"] = "speech (ASR transcript + audio)"
-        # slots are scored on the typed text: ASR words do not align with the reference tags
-        text_preds = pipe.predict([e["tokens"] for e in examples])
-        slots = slot_f1([e["tags"] for e in examples], [p["tags"] for p in text_preds])
-    else:
-        preds = pipe.predict([e["tokens"] for e in examples])
-        result["mode"] = "text"
-        slots = slot_f1([e["tags"] for e in examples], [p["tags"] for p in preds])
-        text_preds = preds
-    result.update(intent_metrics([e["intent"] for e in examples], [p["intent"] for p in preds]))
-    result["slot_f1"] = slots["f1"]
-    result["slot_precision"], result["slot_recall"] = slots["precision"], slots["recall"]
-    result["sentence_accuracy"] = float(np.mean([
-        p["intent"] == e["intent"] and tp["tags"] == e["tags"] for p, tp, e in zip(preds, text_preds, examples)]))
-    return result
+
+def evaluate_examples(pipe, examples: list[dict], use_audio: bool = True) -> dict:
+    """Audio rows are evaluated from the audio alone (ASR -> NLU), text rows from their text; when a dataset has
+    both, the text rows' metrics are reported under "text_rows"."""
+    audio = [e for e in examples if use_audio and e.get("audio")]
+    text = [e for e in examples if not (use_audio and e.get("audio"))]
+    missing = [e for e in text if not e.get("tokens")]
+    if missing:
+        from mmapps.errors import UserError
+
+        raise UserError(f"{len(missing)} rows have neither text nor audio to evaluate (--text-only drops audio)")
+    if not audio:
+        return evaluate_text(pipe, text)
+    out = evaluate_speech(pipe, audio)
+    if text:
+        out["text_rows"] = evaluate_text(pipe, text)
+    return out

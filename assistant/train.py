@@ -1,11 +1,11 @@
-"""Training: datasets -> vocab, label maps, domain LM, cached MiniLM features, log-mels -> the core Trainer.
-The out-of-scope class is learned from real out-of-domain queries (CLINC150) and a confidence threshold
-is tuned on the held-out validation split (never on dev/test)."""
+"""Training: datasets -> vocab, label maps, domain LM and ASR prompt, cached MiniLM features, log-mels -> the core
+Trainer, with the one core validation split. The out-of-scope class is learned from real out-of-domain queries
+(CLINC150 train / oos_train); the confidence threshold is tuned on held-out data only: the validation split's
+in-scope utterances against CLINC150 oos_val (never on training data, never on dev/test)."""
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ import torch
 from mmapps.errors import UserError
 
 from .io import OOS, load_audio, load_dataset, read_clinc
-from .models import ModelConfig, SLUModel, bio_viterbi, collate, log_mel
+from .models import ModelConfig, bio_viterbi, build_model, collate, log_mel
 
 # CLINC150 intents that belong to the SNIPS domain: not out-of-scope for a SNIPS model, so left out
 SNIPS_OVERLAP = {"weather", "play_music", "restaurant_reservation", "restaurant_suggestion", "restaurant_reviews",
@@ -60,7 +60,8 @@ def _eval_fn(intents, tags):
             out = model(move_to(batch, device))
             yp += out["outputs"]["intent"].argmax(-1).tolist()
             yt += batch["targets"]["intent"].tolist()
-            lengths = [int((batch["ids"][b] != 0).sum()) for b in range(len(batch["ids"]))]
+            ids = batch["tokens"]["ids"]
+            lengths = [int((ids[b] != 0).sum()) for b in range(len(ids))]
             pt = bio_viterbi(out["outputs"]["tags"].cpu(), tags, lengths)
             for b, n in enumerate(lengths):
                 tt.append([tags[t] for t in batch["targets"]["tags"][b, :n].tolist()])
@@ -72,10 +73,12 @@ def _eval_fn(intents, tags):
     return fn
 
 
-def tune_threshold(probs: np.ndarray, y: np.ndarray, oos_idx: int | None, min_in_scope: float = 0.95,
+def tune_threshold(probs: np.ndarray, y: np.ndarray, oos_idx: int | None, min_in_scope: float = 0.97,
                    max_drop: float = 0.005) -> float:
-    """Largest OOS recall on validation whose in-scope accuracy stays >= min_in_scope and loses at most
-    max_drop against no threshold (the oos class alone): rejection must not cost much in-scope accuracy."""
+    """The confidence threshold with the largest OOS recall whose in-scope accuracy stays >= min_in_scope (the
+    design target), or, for a model already below it, loses at most max_drop against no threshold (the oos class
+    alone). probs [N, K] and labels y [N] come from held-out data only: the validation split and CLINC150
+    oos_val, never the training data."""
     if oos_idx is None or not (y == oos_idx).any():
         return 0.0
     scope = probs.copy()
@@ -84,9 +87,9 @@ def tune_threshold(probs: np.ndarray, y: np.ndarray, oos_idx: int | None, min_in
     is_oos = y == oos_idx
     if (~is_oos).any():
         base = float(np.mean((best == y)[~is_oos] & (probs.argmax(1) != oos_idx)[~is_oos]))
-        min_in_scope = max(min_in_scope, base - max_drop)
+        min_in_scope = min_in_scope if base >= min_in_scope else base - max_drop
     chosen, best_recall = 0.0, -1
-    for t in np.linspace(0, 0.95, 96):
+    for t in np.linspace(0, 0.99, 100):
         pred_oos = (probs.argmax(1) == oos_idx) | (conf < t)
         ins = float(np.mean((best == y)[~is_oos] & ~pred_oos[~is_oos])) if (~is_oos).any() else 1.0
         rec = float(np.mean(pred_oos[is_oos]))
@@ -98,28 +101,52 @@ def tune_threshold(probs: np.ndarray, y: np.ndarray, oos_idx: int | None, min_in
 @torch.no_grad()
 def _tune_on(model, val: list[dict], intents: list[str]) -> float:
     """The OOS threshold from the model's intent probabilities on the validation samples."""
+    from mmapps.data import move_to
+
     model.eval()
+    device = next(model.parameters()).device
     probs, ys = [], []
     for i in range(0, len(val), 256):
         b = collate(val[i:i + 256])
-        probs.append(torch.softmax(model(b)["outputs"]["intent"], -1).numpy())
+        probs.append(torch.softmax(model(move_to(b, device))["outputs"]["intent"].float(), -1).cpu().numpy())
         ys += b["targets"]["intent"].tolist()
     return tune_threshold(np.concatenate(probs), np.array(ys), intents.index(OOS) if OOS in intents else None)
+
+
+def _samples(examples: list[dict], feats: list[dict], intents: list[str], tag_idx: dict) -> list[dict]:
+    out = []
+    for e, f in zip(examples, feats):
+        s = {**f, "intent": intents.index(e["intent"]) if e["intent"] in intents else intents.index(OOS),
+             "tags": [tag_idx.get(t, 0) for t in e["tags"][:64]]}
+        if e.get("audio"):
+            s["mel"] = log_mel(load_audio(e["audio"]))
+        out.append(s)
+    return out
+
+
+def oos_tuning_samples(oos_from, vocab_idx: dict, intents: list[str], tag_idx: dict) -> list[dict]:
+    """CLINC150 oos_val as labelled oos samples (held out from training: only oos_train is trained on)."""
+    from .pipeline import cache_dir, featurize
+
+    if not oos_from or OOS not in intents:
+        return []
+    ex = [{**e, "intent": OOS} for e in read_clinc(oos_from, ("oos_val",))]
+    return _samples(ex, featurize([e["tokens"] for e in ex], vocab_idx, cache_dir=cache_dir()), intents, tag_idx)
 
 
 def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None, config_file=None,
           fusion: str | None = None, epochs: int | None = None, val_fraction: float = 0.1, seed: int = 0,
           resume: bool = False, quiet: bool = False, oos_limit: int = 4000) -> dict:
+    """Train the SLU model with the core Trainer; writes the checkpoint ``out``. Returns a JSON-ready summary."""
     from mmapps.config import load_config
-    from mmapps.trainer import TrainConfig, Trainer
-    from mmapps.checkpoint import load_checkpoint, save_checkpoint
-
-    from .pipeline import build_lm_text, cache_dir, featurize
-
     from mmapps.device import apply_thread_limit
+    from mmapps.splits import validation_split
+    from mmapps.trainer import TrainConfig, Trainer
+
+    from .asr import build_asr_prompt, build_lm_text
+    from .pipeline import cache_dir, featurize
 
     apply_thread_limit()
-
     overrides = list(cfg_overrides or [])
     mcfg_over = [o[len("model."):] for o in overrides if o.startswith("model.")]
     tcfg_over = [o[len("train."):] if o.startswith("train.") else o for o in overrides if not o.startswith("model.")]
@@ -145,85 +172,72 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
     if len(examples) < 4:
         raise UserError(f"{data[0]}: too few utterances to train ({len(examples)})")
 
-    # label maps, vocab, domain LM: everything the checkpoint needs to run without the training data
+    # label maps, vocab, domain LM, ASR prompt: everything the checkpoint needs to run without the training data
     intents = sorted({e["intent"] for e in examples})
     tags = ["O"] + sorted({t for e in examples for t in e["tags"]} - {"O"})
     counts = Counter(w for e in examples for w in e["tokens"])
     vocab = ["<pad>", "<unk>"] + sorted(w for w, c in counts.items() if c >= 2)
-    in_domain = [e["text"] for e in examples if e["intent"] != OOS]
-    config = {"task": "assistant-slu", "model": asdict(mcfg), "train": asdict(tcfg), "intents": intents,
-              "tags": tags, "vocab": vocab, "lm_text": build_lm_text(in_domain), "oos_threshold": 0.0}
+    in_domain = [e for e in examples if e["intent"] != OOS]
+    mcfg.vocab_size, mcfg.n_intents, mcfg.n_tags = len(vocab), len(intents), len(tags)
     vocab_idx = {w: i for i, w in enumerate(vocab)}
     tag_idx = {t: i for i, t in enumerate(tags)}
 
     # MiniLM once per dataset (cached on disk by content: the slow part on a CPU)
     feats = [f for g in groups for f in featurize([e["tokens"] for e in g], vocab_idx, cache_dir=cache_dir())]
-    samples = []
-    for e, f in zip(examples, feats):
-        s = {**f, "intent": intents.index(e["intent"]), "tags": [tag_idx[t] for t in e["tags"][:64]]}
-        if e.get("audio"):
-            s["mel"] = log_mel(load_audio(e["audio"]))
-        samples.append(s)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(samples))
-    n_val = max(1, int(round(val_fraction * len(samples)))) if len(samples) >= 10 else 0
-    val = [samples[i] for i in perm[:n_val]]
-    tr = [samples[i] for i in perm[n_val:]]
+    samples = _samples(examples, feats, intents, tag_idx)
+    tr_idx, val_idx = validation_split(len(samples), val_fraction, seed=seed, labels=[e["intent"] for e in examples])
+    tr, val = [samples[i] for i in tr_idx], [samples[i] for i in val_idx]
     # audio examples also train the speech encoder alone: a copy without text
     tr += [{**s, "ids": [], "wvec": None, "sent": None} for s in tr if s.get("mel") is not None]
 
     torch.manual_seed(tcfg.seed)
-    model = SLUModel(len(vocab), len(intents), len(tags), fusion=mcfg.fusion, dim=mcfg.dim, word_emb=mcfg.word_emb,
-                     modality_dropout=mcfg.modality_dropout, slot_weight=mcfg.slot_weight, char_dim=mcfg.char_dim)
-    meta = {"trained_on": used, "n_train": len(tr), "n_val": len(val)}
+    model = build_model(mcfg)
+    meta = {"trained_on": used, "n_train": len(tr), "n_val": len(val), "vocab": vocab, "intents": intents,
+            "tags": tags, "lm_text": build_lm_text([e["text"] for e in in_domain]),
+            "asr_prompt": build_asr_prompt(in_domain), "oos_threshold": 0.0,
+            "audio_trained": any(s.get("mel") is not None for s in tr)}
+    config = {"scenario": "assistant", "model": asdict(mcfg), "train": asdict(tcfg)}
     trainer = Trainer(model, tcfg, out, meta=meta, model_config=config, collate_fn=collate,
                       eval_fn=_eval_fn(intents, tags) if val else None, quiet=quiet)
     history = trainer.fit(SLUDataset(tr, word_dropout=0.1), SLUDataset(val) if val else None, resume=resume)
 
-    # tune the OOS threshold on the validation split, store it in the checkpoint
-    bundle = load_checkpoint(out)
+    # the OOS threshold from held-out data only (validation split + CLINC150 oos_val), stored in the checkpoint
     if val and trainer.dist.is_main:
+        from mmapps.checkpoint import load_checkpoint, save_checkpoint
+
+        bundle = load_checkpoint(out)
         model.load_state_dict(bundle["state_dict"])
-        thr = _tune_on(model, val, intents)
-        cfg = dict(bundle["config"]) if bundle["config"] else config
-        cfg["oos_threshold"] = thr
-        meta["history"] = history
-        meta["val"] = history[-1] if history else {}
-        save_checkpoint(out, bundle["state_dict"], cfg, meta)
+        held_out = val + oos_tuning_samples(oos_from, vocab_idx, intents, tag_idx)
+        meta = {**bundle["meta"], "oos_threshold": _tune_on(model, held_out, intents),
+                "oos_tuned_on": "validation split" + (" + CLINC150 oos_val" if oos_from else "")}
+        save_checkpoint(out, bundle["state_dict"], bundle["config"], meta)
     return {"model": str(out), "data": used, "epochs": len(history), "n_train": len(tr), "n_val": len(val),
             "intents": intents, "last": history[-1] if history else {}}
 
 
 def retune_threshold(checkpoint, data: list, oos_from=None, oos_limit: int = 4000, seed: int = 0,
                      val_fraction: float = 0.1) -> float:
-    """Re-derive the validation split of a finished training run (same data, seed) and re-tune the OOS
-    threshold with tune_threshold; the checkpoint is rewritten atomically. Returns the threshold."""
+    """Re-derive the validation split of a training run (same data and seed, the core split) and re-tune the OOS
+    threshold on it plus CLINC150 oos_val; the checkpoint is rewritten atomically. Returns the threshold."""
     from mmapps.checkpoint import load_checkpoint, save_checkpoint
+    from mmapps.splits import validation_split
 
-    from .models import build_model
-    from .pipeline import cache_dir, featurize
+    from .pipeline import Pipeline, cache_dir, featurize
 
-    bundle = load_checkpoint(checkpoint)
-    cfg = bundle["config"]
+    pipe = Pipeline.from_checkpoint(checkpoint, device="cpu")
     groups = [load_dataset(d)[0] for d in data]
     if oos_from:
         groups.append(load_oos(oos_from, limit=oos_limit, seed=seed))
     examples = [e for g in groups for e in g]
-    vocab_idx = {w: i for i, w in enumerate(cfg["vocab"])}
-    intents, tag_idx = cfg["intents"], {t: i for i, t in enumerate(cfg["tags"])}
-    feats = [f for g in groups for f in featurize([e["tokens"] for e in g], vocab_idx, cache_dir=cache_dir())]
-    perm = np.random.default_rng(seed).permutation(len(examples))
-    n_val = max(1, int(round(val_fraction * len(examples))))
-    val = []
-    for i in perm[:n_val]:
-        e, f = examples[i], feats[i]
-        s = {**f, "intent": intents.index(e["intent"]), "tags": [tag_idx.get(t, 0) for t in e["tags"][:64]]}
-        if e.get("audio"):
-            s["mel"] = log_mel(load_audio(e["audio"]))
-        val.append(s)
-    model = build_model(cfg)
-    model.load_state_dict(bundle["state_dict"])
-    thr = _tune_on(model, val, intents)
-    cfg = {**cfg, "oos_threshold": thr}
-    save_checkpoint(checkpoint, bundle["state_dict"], cfg, bundle.get("meta"))
+    _, val_idx = validation_split(len(examples), val_fraction, seed=seed, labels=[e["intent"] for e in examples])
+    val_ex = [examples[i] for i in val_idx]
+    tag_idx = {t: i for i, t in enumerate(pipe.tags)}
+    val = _samples(val_ex, featurize([e["tokens"] for e in val_ex], pipe.vocab, cache_dir=cache_dir()),
+                   pipe.intents, tag_idx)
+    held_out = val + oos_tuning_samples(oos_from, pipe.vocab, pipe.intents, tag_idx)
+    thr = _tune_on(pipe.model, held_out, pipe.intents)
+    bundle = load_checkpoint(checkpoint)
+    meta = {**bundle["meta"], "oos_threshold": thr,
+            "oos_tuned_on": "validation split" + (" + CLINC150 oos_val" if oos_from else "")}
+    save_checkpoint(checkpoint, bundle["state_dict"], bundle["config"], meta)
     return thr

@@ -3,16 +3,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# open3d needs libusb-1.0 to import; speech synthesis uses espeak-ng.
+# open3d needs libusb-1.0 to import; speech synthesis uses espeak-ng and festival's diphone voices.
+APT_PACKAGES="libusb-1.0-0 espeak-ng festival festvox-kallpc16k festvox-kdlpc16k"
 if command -v apt-get >/dev/null 2>&1; then
-  if ! dpkg -s libusb-1.0-0 espeak-ng >/dev/null 2>&1; then
+  if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    echo "installing system packages: libusb-1.0-0 espeak-ng"
+    echo "installing system packages: $APT_PACKAGES"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libusb-1.0-0 espeak-ng >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $APT_PACKAGES >/dev/null
   fi
 else
-  echo "warning: apt-get not found; install libusb-1.0 and espeak-ng with your package manager" >&2
+  echo "warning: apt-get not found; install $APT_PACKAGES with your package manager" >&2
 fi
 
 PYTHON=${PYTHON:-python3}

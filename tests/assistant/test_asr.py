@@ -1,7 +1,7 @@
 import re
 
 from assistant.io import load_audio
-from assistant.pipeline import Recognizer, build_lm_text
+from assistant.asr import PocketsphinxRecognizer as Recognizer, build_lm_text
 
 
 def _grammar_sentences(gram_text: str) -> list[str]:

@@ -13,10 +13,11 @@ def test_bundled_model_is_self_contained_and_small():
     from mmapps.checkpoint import load_checkpoint
 
     b = load_checkpoint(MODEL)
-    cfg = b["config"]
+    cfg, meta = b["config"], b["meta"]
     assert MODEL.stat().st_size < 20 * 2**20
-    assert {"vocab", "intents", "tags", "lm_text", "oos_threshold"} <= set(cfg)
-    assert "oos" in cfg["intents"] and len(cfg["intents"]) == 8 and "\\data\\" in cfg["lm_text"]
+    assert cfg["scenario"] == "assistant" and cfg["model"]["n_intents"] == len(meta["intents"]) == 8
+    assert {"vocab", "intents", "tags", "lm_text", "oos_threshold", "asr_prompt"} <= set(meta)
+    assert "oos" in meta["intents"] and "\\data\\" in meta["lm_text"] and meta["asr_prompt"].strip()
     total = sum(p.stat().st_size for p in (data_dir() / "assistant").rglob("*") if p.is_file())
     assert total < 20 * 2**20
 

@@ -135,4 +135,5 @@ def test_retune_threshold_rewrites_checkpoint(tiny_model, tiny_manifest, tmp_pat
     ck = tmp_path / "m.pt"
     shutil.copy(tiny_model, ck)
     assert retune_threshold(ck, [tiny_manifest]) == 0.0  # the tiny data has no oos class
-    assert load_checkpoint(ck)["config"]["oos_threshold"] == 0.0
+    meta = load_checkpoint(ck)["meta"]
+    assert meta["oos_threshold"] == 0.0 and meta["oos_tuned_on"] == "validation split"
