@@ -9,6 +9,7 @@ Every failure is a :class:`~mmapps.errors.UserError` naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass
@@ -123,25 +124,21 @@ DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
 DICOM_INFLATED_BYTES = 2 * LIMITS.volume_voxels  # a deflated DICOM may inflate to at most one int16 volume budget
 
 
-def _quiet_pydicom():
-    """pydicom warns and logs about every oddity of a damaged file; a clean error must stay one line."""
-    import contextlib
+@contextlib.contextmanager
+def quiet_pydicom():
+    """pydicom warns (and logs) about every oddity of a damaged file; a clean error must stay one line."""
     import logging
     import warnings
 
-    @contextlib.contextmanager
-    def quiet():
-        log = logging.getLogger("pydicom")
-        level = log.level
-        log.setLevel(logging.CRITICAL)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            log.setLevel(level)
-
-    return quiet()
+    log = logging.getLogger("pydicom")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def _short(e: BaseException) -> str:
@@ -199,7 +196,7 @@ def read_dicom_header(path: str | os.PathLike, max_voxels: int | None = None):
     from pydicom.filereader import read_preamble, _read_file_meta_info
 
     cap = LIMITS.volume_voxels if max_voxels is None else max_voxels
-    with _quiet_pydicom():
+    with quiet_pydicom():
         try:
             with open(path, "rb") as f:
                 read_preamble(f, False)
@@ -229,7 +226,7 @@ def read_dicom(path: str | os.PathLike, max_voxels: int | None = None):
     read_dicom_header(path, max_voxels)
     import pydicom
 
-    with _quiet_pydicom():
+    with quiet_pydicom():
         try:
             return pydicom.dcmread(Path(path))
         except Exception as e:
