@@ -7,9 +7,7 @@ Volumes are returned as float32 arrays [slices, rows, cols] with slices ordered 
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,20 +54,11 @@ def _read_dicom_header(path: Path):
     return read_dicom_header(path)
 
 
-@contextlib.contextmanager
 def _quiet():
     """pydicom warns (and logs) about every oddity of a damaged file; the CLI must print one error line only."""
-    import logging
+    from mmapps.inputs import quiet_pydicom
 
-    log = logging.getLogger("pydicom")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        log.setLevel(level)
+    return quiet_pydicom()
 
 
 def _short(e: Exception) -> str:
