@@ -5,6 +5,7 @@ At the end, a summary line per scenario gives the counts the issue asks for: hos
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,21 @@ def run_module_cases(tmp_path_factory, name: str, make_files, cases, case_timeou
     make_files(d)
     batch = cases(d)
     return run_batch(batch, d / "_results", case_timeout=case_timeout)
+
+
+def hostile_suite(scenario: str, make_files, cases, pending: dict[str, str]):
+    """The module-scoped fixture and the parametrized test of one scenario's hostile cases:
+    ``results, test_x = hostile_suite(...)`` in the scenario's test module."""
+
+    @pytest.fixture(scope="module")
+    def results(tmp_path_factory):
+        return run_module_cases(tmp_path_factory, scenario, make_files, cases)
+
+    @pytest.mark.parametrize("case_id", case_params(cases(Path("/collect")), pending))
+    def test_hostile_input_is_one_clean_error(results, case_id):
+        judge(scenario, results[case_id])
+
+    return results, test_hostile_input_is_one_clean_error
 
 
 def pytest_terminal_summary(terminalreporter):

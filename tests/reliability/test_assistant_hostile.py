@@ -5,10 +5,8 @@ import json
 import math
 from pathlib import Path
 
-import pytest
-
 from . import hostile as H
-from .conftest import case_params, judge, run_module_cases
+from .conftest import hostile_suite
 from .harness import ROOT, Case
 
 MODEL = ROOT / "data" / "assistant" / "model.pt"
@@ -131,14 +129,4 @@ def cases(d: Path) -> list[Case]:
 
 
 PENDING: dict[str, str] = {}
-CASE_IDS = case_params(cases(Path("/x")), PENDING)
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return run_module_cases(tmp_path_factory, "assistant", make_files, cases)
-
-
-@pytest.mark.parametrize("case_id", CASE_IDS)
-def test_assistant_hostile_input_is_one_clean_error(results, case_id):
-    judge("assistant", results[case_id])
+results, test_assistant_hostile_input_is_one_clean_error = hostile_suite("assistant", make_files, cases, PENDING)

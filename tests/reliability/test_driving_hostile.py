@@ -7,10 +7,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from . import hostile as H
-from .conftest import case_params, judge, run_module_cases
+from .conftest import hostile_suite
 from .harness import ROOT, Case
 
 SAMPLES = ROOT / "data" / "driving" / "samples" / "training"
@@ -140,14 +139,4 @@ PENDING: dict[str, str] = {
     "ck_image_huge": "driving/models.py: DetectorConfig.validate does not bound image_size; [20000, 20000] in a "
                      "checkpoint allocates 3.4 GB in preprocess.camera_input, then MemoryError traceback",
 }
-CASE_IDS = case_params(cases(Path("/x")), PENDING)
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return run_module_cases(tmp_path_factory, "driving", make_files, cases)
-
-
-@pytest.mark.parametrize("case_id", CASE_IDS)
-def test_driving_hostile_input_is_one_clean_error(results, case_id):
-    judge("driving", results[case_id])
+results, test_driving_hostile_input_is_one_clean_error = hostile_suite("driving", make_files, cases, PENDING)

@@ -6,10 +6,8 @@ import math
 import os
 from pathlib import Path
 
-import pytest
-
 from . import hostile as H
-from .conftest import case_params, judge, run_module_cases
+from .conftest import hostile_suite
 from .harness import ROOT, Case
 
 PATIENT = ROOT / "data" / "medical" / "samples" / "patient"
@@ -143,14 +141,4 @@ PENDING: dict[str, str] = {
     "ck_meta_prevalence_str": "medical/pipeline.py: meta['prevalence'] = 'high' -> ValueError traceback at predict",
     "ck_meta_prevalence_nan": "medical/pipeline.py: meta['prevalence'] = NaN -> exit 0 with a NaN-calibrated result",
 }
-CASE_IDS = case_params(cases(Path("/x")), PENDING)
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return run_module_cases(tmp_path_factory, "medical", make_files, cases)
-
-
-@pytest.mark.parametrize("case_id", CASE_IDS)
-def test_medical_hostile_input_is_one_clean_error(results, case_id):
-    judge("medical", results[case_id])
+results, test_medical_hostile_input_is_one_clean_error = hostile_suite("medical", make_files, cases, PENDING)
