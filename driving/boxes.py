@@ -11,36 +11,56 @@ from .geometry import rotated_intersection
 from .models import DetectorConfig
 
 
-def encode_targets(boxes: np.ndarray, classes: np.ndarray, cfg: DetectorConfig) -> dict:
-    """Heatmap [C, hx, hy] with Gaussian peaks + regression [8, hx, hy] + mask at the box centres."""
+def encode_targets(boxes: np.ndarray, classes: np.ndarray, cfg: DetectorConfig, ground=None) -> dict:
+    """Heatmap [C, hx, hy] with Gaussian peaks + regression [R, hx, hy] + mask at the box centres.
+
+    Regression: offset in the cell, z (above ``ground`` [hx, hy] when given), log l/w/h, then sin/cos of yaw
+    ("sincos") or of 2 yaw plus the direction bit (1 when the heading points into x < 0 of its axis) ("axis_dir")."""
     st = cfg.cell * cfg.stride
     hx, hy = cfg.nx // cfg.stride, cfg.ny // cfg.stride
     heat = np.zeros((len(cfg.classes), hx, hy), np.float32)
-    reg = np.zeros((8, hx, hy), np.float32)
+    reg = np.zeros((cfg.regression_channels, hx, hy), np.float32)
     mask = np.zeros((hx, hy), np.float32)
     gx = np.arange(hx)[:, None]
     gy = np.arange(hy)[None, :]
     for b, c in zip(boxes, classes):
         fx = (b[0] - cfg.x_range[0]) / st
         fy = (b[1] - cfg.y_range[0]) / st
-        cx, cy = int(fx), int(fy)
+        cx, cy = int(math.floor(fx)), int(math.floor(fy))
         if not (0 <= cx < hx and 0 <= cy < hy):
             continue
         sigma = max(0.75, math.sqrt(b[3] * b[4]) / st / 4)
         g = np.exp(-((gx - cx) ** 2 + (gy - cy) ** 2) / (2 * sigma ** 2))
         heat[c] = np.maximum(heat[c], g)
-        reg[:, cx, cy] = [fx - cx, fy - cy, b[2], math.log(b[3]), math.log(b[4]), math.log(b[5]),
-                          math.sin(b[6]), math.cos(b[6])]
+        z = b[2] - (float(ground[cx, cy]) if ground is not None else 0.0)
+        if cfg.heading == "axis_dir":
+            yaw = math.atan2(math.sin(b[6]), math.cos(b[6]))
+            backward = float(not (-math.pi / 2 < yaw <= math.pi / 2))
+            heading = [math.sin(2 * b[6]), math.cos(2 * b[6]), backward]
+        else:
+            heading = [math.sin(b[6]), math.cos(b[6])]
+        reg[:, cx, cy] = [fx - cx, fy - cy, z, math.log(b[3]), math.log(b[4]), math.log(b[5]), *heading]
         mask[cx, cy] = 1.0
     return {"heatmap": torch.from_numpy(heat), "regression": torch.from_numpy(reg), "mask": torch.from_numpy(mask)}
 
 
+def decode_yaw(r: torch.Tensor, cfg: DetectorConfig) -> torch.Tensor:
+    """[K, R] regression rows -> yaw [K]."""
+    if cfg.heading != "axis_dir":
+        return torch.atan2(r[:, 6], r[:, 7])
+    axis = torch.atan2(r[:, 6], r[:, 7]) / 2  # (-pi/2, pi/2]
+    return torch.where(r[:, 8] > 0, axis + math.pi, axis)
+
+
 def decode(out: dict, cfg: DetectorConfig, score_thresh: float = 0.2, max_objects: int = 60) -> list[list[dict]]:
-    """Peaks of the class heatmaps -> boxes (lidar frame) per sample, then rotated BEV NMS."""
+    """Peaks of the class heatmaps -> boxes (lidar frame) per sample, then rotated BEV NMS.
+
+    ``out``: {"heatmap": [B, C, hx, hy], "regression": [B, R, hx, hy], optional "ground": [B, hx, hy]}."""
     heat = torch.sigmoid(out["heatmap"])
     peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
     B, C, hx, hy = heat.shape
     st = cfg.cell * cfg.stride
+    ground = out.get("ground")
     results = []
     for b in range(B):
         scores, idx = peaks[b].reshape(-1).topk(min(max_objects * 2, peaks[b].numel()))
@@ -49,12 +69,12 @@ def decode(out: dict, cfg: DetectorConfig, score_thresh: float = 0.2, max_object
         cls = idx // (hx * hy)
         rem = idx % (hx * hy)
         ix, iy = rem // hy, rem % hy
-        r = out["regression"][b][:, ix, iy].T  # [K, 8]
+        r = out["regression"][b][:, ix, iy].T  # [K, R]
         x = (ix.float() + r[:, 0]) * st + cfg.x_range[0]
         y = (iy.float() + r[:, 1]) * st + cfg.y_range[0]
+        z = r[:, 2] + (ground[b][ix, iy] if ground is not None and cfg.ground_relative else 0.0)
         dims = r[:, 3:6].clamp(-3, 3).exp()
-        yaw = torch.atan2(r[:, 6], r[:, 7])
-        boxes = torch.stack([x, y, r[:, 2], dims[:, 0], dims[:, 1], dims[:, 2], yaw], 1).numpy()
+        boxes = torch.stack([x, y, z, dims[:, 0], dims[:, 1], dims[:, 2], decode_yaw(r, cfg)], 1).numpy()
         dets = [{"class": cfg.classes[int(c)], "score": float(s), "box3d": bx}
                 for c, s, bx in zip(cls.tolist(), scores.tolist(), boxes)]
         results.append(rotated_nms(dets)[:max_objects])

@@ -28,7 +28,7 @@ def synth(out: Path = typer.Argument(..., help="output dataset root (training/ i
           workers: int = WORKERS_OPT,
           shard: Optional[str] = SHARD_OPT,
           reduced: bool = typer.Option(False, "--reduced", help="keep only camera-view points (KITTI velodyne_reduced)"),
-          clutter: bool = typer.Option(False, "--clutter", help="add vans and street furniture (fences, bushes, bins, signs)"),
+          clutter: bool = typer.Option(True, "--clutter/--no-clutter", help="vans, trucks and street furniture (walls, guard rails, hedges, bike racks, poles, signs)"),
           json_out: bool = JSON_OPT):
     """Ray-cast synthetic road scenes (64-beam lidar + KITTI camera + labels + calib + oxts) in KITTI format."""
 
@@ -103,6 +103,7 @@ def evaluate(data: Path = typer.Argument(..., help="labelled KITTI folder (root 
 
         split = resolve_split(data)
         ids = list_frames(split)
+        check_interrupted(split)
         ids = shard_items(ids, *parse_shard(shard))[: limit or None]
         pipe = load_pipeline(model, device, method)
         return evaluate_split(split, pipe, ids, ablations, workers)
@@ -116,6 +117,22 @@ def evaluate(data: Path = typer.Argument(..., help="labelled KITTI folder (root 
 
 
 # ----------------------------------------------------------------------------------------------- perceive
+def check_interrupted(split, ids=()) -> None:
+    """A synthetic split whose synth run was interrupted: a frame it never finished is an error that says how to
+    finish the run; otherwise a warning on stderr (the finished frames are complete and usable)."""
+    from mmapps.cli_utils import console
+    from mmapps.errors import UserError
+
+    from .synth import interrupted_note
+
+    note = interrupted_note(split)
+    if note is None:
+        return
+    if any(not (Path(split) / "velodyne" / f"{fid}.bin").is_file() for fid in ids):
+        raise UserError(note)
+    console.print(f"warning: {note}", highlight=False)
+
+
 @dataclass
 class FrameSource:
     """Where perceive's frames come from: a KITTI folder (all frames or --frame ids) or single files."""
@@ -143,6 +160,7 @@ class FrameSource:
             raise UserError("give either a KITTI folder INPUT or --lidar/--image/--calib, not both")
         split = resolve_split(self.folder)
         ids = [f.strip() for f in self.frame_ids.split(",")] if self.frame_ids else list_frames(split)
+        check_interrupted(split, ids)
         return [lambda fid=fid: load_frame(split, fid, dims=self.point_dims) for fid in ids], str(split)
 
 

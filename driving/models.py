@@ -35,7 +35,8 @@ class DetectorConfig:
     cell: float = 0.4
     z_min: float = -3.0
     z_max: float = 1.0
-    slices: tuple = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0)  # height-slice edges (lidar frame, ground ~ -1.73)
+    # height-slice edges: above the local ground estimate when ground_relative, else lidar-frame z (ground ~ -1.73)
+    slices: tuple = (0.1, 0.4, 0.8, 1.2, 1.6, 2.0, 2.6)
     lift_heights: tuple = (-1.5, -1.0, -0.5, 0.0)
     image_size: tuple = (96, 320)  # (H, W) of the camera branch input
     width: int = 32
@@ -44,6 +45,13 @@ class DetectorConfig:
     modality_dropout: float = 0.15
     classes: tuple = CLASSES
     stride: int = 2  # head resolution = cell * stride
+    # Position priors off (issue 11): no absolute x/y input channels; heights and box z relative to a local ground
+    # estimate; heading as the box axis (sin/cos of 2 yaw) plus a front/back direction classifier. The first
+    # bundled model (2026-11) has coords=True, ground_relative=False, heading="sincos" stored in its checkpoint.
+    coords: bool = False
+    ground_relative: bool = True
+    ground_window: int = 9  # cells (0.4 m): the lowest point within 3.6 m is the local ground
+    heading: str = "axis_dir"
 
     def __post_init__(self):
         for k, v in list(vars(self).items()):
@@ -58,6 +66,13 @@ class DetectorConfig:
         check_choice("model.fusion", self.fusion, FUSIONS.names())
         check_range("model.cell", self.cell, 0.05)
         check_range("model.width", self.width, 4)
+        check_choice("model.heading", self.heading, ("sincos", "axis_dir"))
+        check_range("model.ground_window", self.ground_window, 1)
+
+    @property
+    def regression_channels(self) -> int:
+        """dx, dy, z, log l, log w, log h, sin, cos (of yaw, or of 2 yaw for axis_dir) [+ direction logit]."""
+        return 9 if self.heading == "axis_dir" else 8
 
     @property
     def nx(self) -> int:
@@ -126,18 +141,19 @@ class BEVFusionDetector(nn.Module):
         self.lidar = conv(cfg.lidar_channels, w, cfg.stride)
         self.camera = CameraBranch(cfg)
         self.fusion = get_fusion(cfg.fusion, {"lidar": w, "camera": w}, out_dim=w)
-        self.b2 = conv(w + 2, 48)
+        self.b2 = conv(w + (2 if cfg.coords else 0), 48)
         self.b3 = nn.Sequential(conv(48, 64, 2), conv(64, 64))
         self.up = nn.Sequential(nn.ConvTranspose2d(64, 48, 2, 2, bias=False), nn.BatchNorm2d(48), nn.ReLU(inplace=True))
         self.neck = conv(48, 48)
         nc = len(cfg.classes)
         self.heatmap = nn.Conv2d(48, nc, 1)
-        self.regress = nn.Conv2d(48, 8, 1)
+        self.regress = nn.Conv2d(48, cfg.regression_channels, 1)
         nn.init.constant_(self.heatmap.bias, -2.19)  # prior 0.1, as CenterNet
-        xs = torch.linspace(-1, 1, cfg.nx // cfg.stride)
-        ys = torch.linspace(-1, 1, cfg.ny // cfg.stride)
-        gx, gy = torch.meshgrid(xs, ys, indexing="ij")
-        self.register_buffer("coords", torch.stack([gx, gy])[None], persistent=False)
+        if cfg.coords:  # absolute-position channels: only the first bundled model; they teach position priors
+            xs = torch.linspace(-1, 1, cfg.nx // cfg.stride)
+            ys = torch.linspace(-1, 1, cfg.ny // cfg.stride)
+            gx, gy = torch.meshgrid(xs, ys, indexing="ij")
+            self.register_buffer("coords", torch.stack([gx, gy])[None], persistent=False)
         self.last_weights: dict[str, torch.Tensor] = {}
 
     def forward(self, batch: dict) -> dict:
@@ -158,14 +174,14 @@ class BEVFusionDetector(nn.Module):
                 "camera": (present["camera"][:, None] & cam_valid.reshape(B, cells)).reshape(-1)}
         fused = self.fusion(flat, pres).view(B, hx, hy, -1).permute(0, 3, 1, 2)
         self.last_weights = {m: v.view(B, cells).mean(1) for m, v in self.fusion.last_weights.items()}
-        x = torch.cat([fused, self.coords.expand(B, -1, -1, -1)], 1)
+        x = torch.cat([fused, self.coords.expand(B, -1, -1, -1)], 1) if cfg.coords else fused
         x2 = self.b2(x)
         x3 = self.up(self.b3(x2))
         x3 = F.pad(x3, (0, x2.shape[3] - x3.shape[3], 0, x2.shape[2] - x3.shape[2]))
         h = self.neck(x2 + x3)
         out = {"heatmap": self.heatmap(h), "regression": self.regress(h), "weights": self.last_weights}
         if "targets" in batch:
-            losses = detection_loss(out, batch["targets"])
+            losses = detection_loss(out, batch["targets"], cfg)
             out["losses"] = losses
             out["loss"] = losses["heatmap"] + 2.0 * losses["regression"]
         return out
@@ -185,8 +201,13 @@ def focal_loss(logits, target):
     return -(pos_loss.sum() + neg_loss.sum()) / n
 
 
-def detection_loss(out, targets):
+def detection_loss(out, targets, cfg: DetectorConfig):
+    """Focal heatmap loss + L1 on the 8 box channels at the centres (+ BCE of the direction bit for axis_dir)."""
     heat = focal_loss(out["heatmap"], targets["heatmap"])
     m = targets["mask"].unsqueeze(1)
-    reg = (F.l1_loss(out["regression"], targets["regression"], reduction="none") * m).sum() / (m.sum() * 8).clamp(min=1)
+    pred, target = out["regression"], targets["regression"]
+    reg = (F.l1_loss(pred[:, :8], target[:, :8], reduction="none") * m).sum() / (m.sum() * 8).clamp(min=1)
+    if cfg.heading == "axis_dir":
+        bce = F.binary_cross_entropy_with_logits(pred[:, 8:9], target[:, 8:9], reduction="none")
+        reg = reg + 0.2 * (bce * m).sum() / m.sum().clamp(min=1)
     return {"heatmap": heat, "regression": reg}

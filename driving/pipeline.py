@@ -85,7 +85,7 @@ class Pipeline(BasePipeline):
             modalities: the modalities the model may use (an ablation masks the others).
         Returns:
             {"frame", and for the learned method "batch": {"lidar": [1, C, NX, NY], "camera": [1, 3, h, w],
-            "proj": [1, 3, 4], "present": {modality: [1] bool}}}.
+            "proj": [1, 3, 4], "present": {modality: [1] bool}, "ground": [1, hx, hy] (ground-relative models)}}.
         """
         if self.method == "classical":
             return {"frame": frame}
@@ -93,6 +93,8 @@ class Pipeline(BasePipeline):
         dev = self.device
         batch = {"lidar": s["lidar"][None].to(dev), "camera": s["camera"][None].to(dev), "proj": s["proj"][None].to(dev),
                  "present": {m: torch.tensor([m in modalities], device=dev) for m in MODALITIES}}
+        if "ground" in s:
+            batch["ground"] = s["ground"][None]
         return {"frame": frame, "batch": batch}
 
     def _forward(self, inputs: dict) -> dict:
@@ -103,6 +105,8 @@ class Pipeline(BasePipeline):
         out = self.model(inputs["batch"])
         out = {k: out[k].cpu() for k in ("heatmap", "regression")}
         check_finite_output(out, "detector output")
+        if "ground" in inputs["batch"]:
+            out["ground"] = inputs["batch"]["ground"].cpu()  # box z is predicted above the local ground
         return out
 
     def _decode(self, outputs: dict, inputs: dict) -> list[dict]:

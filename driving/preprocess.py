@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .io import Frame, label_to_lidar_box
 from .boxes import encode_targets
@@ -20,16 +21,43 @@ def crop_points(points: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
     return points[keep]
 
 
-def lidar_bev(points: np.ndarray, cfg: DetectorConfig) -> torch.Tensor:
-    """[C, NX, NY] pillar statistics of the cropped cloud."""
+def ground_map(z: torch.Tensor, idx: torch.Tensor, cfg: DetectorConfig) -> torch.Tensor:
+    """[NX, NY] local ground height: the lowest point within ``ground_window`` cells (the road beside and under a
+    car), a 3x wider window where that is empty, and the cloud's 2nd percentile where even that is empty."""
+    n = cfg.nx * cfg.ny
+    low = torch.full((n,), float("inf"))
+    if len(z):
+        low.scatter_reduce_(0, idx, z, "amin")
+    grid = low.view(1, 1, cfg.nx, cfg.ny)
+    k = cfg.ground_window | 1
+    near = -F.max_pool2d(-grid, k, 1, k // 2)
+    wide = -F.max_pool2d(-grid, 3 * k, 1, 3 * k // 2)
+    fallback = float(torch.quantile(z, 0.02)) if len(z) else -1.73
+    g = torch.where(torch.isfinite(near), near, torch.where(torch.isfinite(wide), wide, torch.full_like(wide, fallback)))
+    return g.view(cfg.nx, cfg.ny)
+
+
+def lidar_bev(points: np.ndarray, cfg: DetectorConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """([C, NX, NY] pillar statistics of the cropped cloud, [NX/stride, NY/stride] ground height or None).
+
+    With ``cfg.ground_relative`` every height (max, mean, slices) is measured above the local ground, so a slope,
+    a pitched sensor or another mounting height do not move the features."""
     pts = torch.from_numpy(np.ascontiguousarray(crop_points(points, cfg), dtype=np.float32))
     n = cfg.nx * cfg.ny
     out = torch.zeros(cfg.lidar_channels, n)
-    if len(pts):
-        ix = ((pts[:, 0] - cfg.x_range[0]) / cfg.cell).long().clamp_(0, cfg.nx - 1)
-        iy = ((pts[:, 1] - cfg.y_range[0]) / cfg.cell).long().clamp_(0, cfg.ny - 1)
-        idx = ix * cfg.ny + iy
+    ix = ((pts[:, 0] - cfg.x_range[0]) / cfg.cell).long().clamp_(0, cfg.nx - 1)
+    iy = ((pts[:, 1] - cfg.y_range[0]) / cfg.cell).long().clamp_(0, cfg.ny - 1)
+    idx = ix * cfg.ny + iy
+    ground_head = None
+    if cfg.ground_relative:
+        ground = ground_map(pts[:, 2], idx, cfg)
+        height = pts[:, 2] - ground.view(-1)[idx]
+        zn = height / 3.0
+        ground_head = F.avg_pool2d(ground[None, None], cfg.stride)[0, 0]
+    else:
+        height = pts[:, 2]
         zn = (pts[:, 2] - cfg.z_min) / (cfg.z_max - cfg.z_min)
+    if len(pts):
         count = torch.bincount(idx, minlength=n).float()
         safe = count.clamp(min=1)
         out[0] = torch.log1p(count) / math.log(64.0)
@@ -37,11 +65,11 @@ def lidar_bev(points: np.ndarray, cfg: DetectorConfig) -> torch.Tensor:
         out[2] = torch.bincount(idx, weights=zn, minlength=n) / safe
         out[3] = torch.bincount(idx, weights=pts[:, 3].clamp(0, 1), minlength=n) / safe
         edges = torch.tensor(cfg.slices)
-        s = torch.bucketize(pts[:, 2].contiguous(), edges) - 1
+        s = torch.bucketize(height.contiguous(), edges) - 1
         ok = (s >= 0) & (s < len(cfg.slices) - 1)
         occ = torch.bincount(s[ok] * n + idx[ok], minlength=n * (len(cfg.slices) - 1)).view(-1, n)
         out[4:] = (occ > 0).float()
-    return out.view(cfg.lidar_channels, cfg.nx, cfg.ny)
+    return out.view(cfg.lidar_channels, cfg.nx, cfg.ny), ground_head
 
 
 def camera_input(image: np.ndarray, cfg: DetectorConfig) -> torch.Tensor:
@@ -72,25 +100,55 @@ def gt_boxes(frame: Frame, cfg: DetectorConfig) -> tuple[np.ndarray, np.ndarray]
     return np.array(boxes).reshape(-1, 7), np.array(cls, dtype=np.int64)
 
 
-def make_sample(frame: Frame, cfg: DetectorConfig, targets: bool = False, flip: bool = False) -> dict:
-    """Frame -> the model's sample dict; flip mirrors lidar (y -> -y), image and projection consistently."""
+def augmentation(rng: np.random.Generator, rotation: float = math.pi / 4, scale=(0.95, 1.05),
+                 translation=(0.5, 0.5, 0.1)) -> np.ndarray:
+    """A random 4x4 lidar-frame transform: mirror y (p = 0.5), rotate about z (+-rotation), scale, translate."""
+    T = np.eye(4)
+    if rng.random() < 0.5:
+        T[1, 1] = -1.0
+    a, s = rng.uniform(-rotation, rotation), rng.uniform(*scale)
+    c, si = math.cos(a), math.sin(a)
+    R = np.eye(4)
+    R[:2, :2] = [[c, -si], [si, c]]
+    T = R @ T
+    T[:3, :3] *= s
+    T[:3, 3] = rng.normal(0, translation)
+    return T
+
+
+def transform_boxes(boxes: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Lidar boxes [N, 7] through a mirror/rotation/scale/translation ``T`` (no shear)."""
+    if not len(boxes):
+        return boxes
+    out = boxes.copy()
+    out[:, :3] = boxes[:, :3] @ T[:3, :3].T + T[:3, 3]
+    s = float(np.cbrt(abs(np.linalg.det(T[:3, :3]))))
+    out[:, 3:6] *= s
+    # the heading direction (cos, sin) through the 2D linear part (handles the mirror too)
+    d = np.stack([np.cos(boxes[:, 6]), np.sin(boxes[:, 6])], 1) @ T[:2, :2].T
+    out[:, 6] = np.arctan2(d[:, 1], d[:, 0])
+    return out
+
+
+def make_sample(frame: Frame, cfg: DetectorConfig, targets: bool = False, transform: np.ndarray | None = None) -> dict:
+    """Frame -> the model's sample dict.
+
+    ``transform`` (4x4, from ``augmentation``) moves the lidar points and boxes; the camera image stays as it is and
+    the projection becomes ``proj @ inverse(transform)``, so every moved point still looks up the pixel it came from.
+    """
     points = frame.points
-    image = frame.image
-    proj = projection(frame.calib, image.shape)
-    if flip:
-        points = points * np.array([1, -1, 1, 1], np.float32)
-        image = image[:, ::-1]
-        # u' = -u for the mirrored point: flip the first output row and the input y column
-        proj = proj.clone()
-        proj[0] = -proj[0]
-        proj[:, 1] = -proj[:, 1]
-    sample = {"lidar": lidar_bev(points, cfg), "camera": camera_input(image, cfg), "proj": proj,
-              "meta": {"frame": frame.id}}
+    proj = projection(frame.calib, frame.image.shape)
+    if transform is not None:
+        points = points.copy()
+        points[:, :3] = points[:, :3] @ transform[:3, :3].T.astype(np.float32) + transform[:3, 3].astype(np.float32)
+        proj = proj @ torch.tensor(np.linalg.inv(transform), dtype=torch.float32)
+    lidar, ground = lidar_bev(points, cfg)
+    sample = {"lidar": lidar, "camera": camera_input(frame.image, cfg), "proj": proj, "meta": {"frame": frame.id}}
+    if ground is not None:
+        sample["ground"] = ground
     if targets:
         boxes, cls = gt_boxes(frame, cfg)
-        if flip and len(boxes):
-            boxes[:, 1] *= -1
-            boxes[:, 6] *= -1
-        sample["targets"] = encode_targets(boxes, cls, cfg)
+        if transform is not None:
+            boxes = transform_boxes(boxes, transform)
+        sample["targets"] = encode_targets(boxes, cls, cfg, ground)
     return sample
-

@@ -32,14 +32,21 @@ SIZES = {  # (mean l, w, h), std
     "Pedestrian": ((0.75, 0.62, 1.74), (0.12, 0.07, 0.1)),
     "Cyclist": ((1.75, 0.6, 1.72), (0.12, 0.05, 0.08)),
     "Van": ((5.0, 1.95, 2.1), (0.4, 0.08, 0.15)),  # labelled, but a neighbour class: teaches "not every box is a Car"
+    "Truck": ((9.0, 2.5, 3.2), (1.5, 0.1, 0.3)),  # labelled Truck (another KITTI class): big boxes are not Cars
 }
 COLOURS = {"Car": [(0.7, 0.1, 0.1), (0.1, 0.2, 0.6), (0.8, 0.8, 0.8), (0.15, 0.15, 0.15), (0.4, 0.4, 0.45),
                    (0.9, 0.9, 0.95), (0.2, 0.4, 0.2)],
            "Pedestrian": [(0.2, 0.2, 0.5), (0.5, 0.3, 0.2), (0.1, 0.1, 0.1), (0.6, 0.1, 0.2)],
            "Cyclist": [(0.9, 0.5, 0.1), (0.1, 0.5, 0.3), (0.3, 0.3, 0.3)],
-           "Van": [(0.9, 0.9, 0.9), (0.3, 0.35, 0.5), (0.8, 0.7, 0.2)]}
-REFLECTANCE = {"ground": 0.12, "road": 0.22, "marking": 0.6, "kerb": 0.3, "building": 0.35, "tree": 0.3,
-               "pole": 0.5, "Car": 0.45, "Pedestrian": 0.3, "Cyclist": 0.35, "Van": 0.45, "clutter": 0.3}
+           "Van": [(0.9, 0.9, 0.9), (0.3, 0.35, 0.5), (0.8, 0.7, 0.2)],
+           "Truck": [(0.85, 0.85, 0.85), (0.6, 0.2, 0.1), (0.2, 0.3, 0.5)]}
+# Median reflectance per material, close to real HDL-64E sweeps (KITTI car paint: median ~0.06, half below 0.05);
+# each object draws its own factor around it (log-normal), and a few hits are retro-reflective (plates, signs).
+REFLECTANCE = {"ground": 0.12, "road": 0.22, "marking": 0.6, "kerb": 0.25, "building": 0.3, "tree": 0.25,
+               "pole": 0.35, "Car": 0.08, "Pedestrian": 0.15, "Cyclist": 0.15, "Van": 0.07, "Truck": 0.1,
+               "clutter": 0.2}
+# HDL-64E elevation table: the upper block's 32 lasers at ~1/3 degree spacing, the lower block's at ~1/2 degree.
+HDL64_ELEVATION_DEG = np.r_[np.linspace(2.0, -8.33, 32), np.linspace(-8.87, -24.87, 32)]
 
 
 def synth_calib() -> Calib:
@@ -76,6 +83,16 @@ def _rz(yaw):
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
+def _ry(pitch):
+    c, s = math.cos(pitch), math.sin(pitch)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+def _rx(roll):
+    c, s = math.cos(roll), math.sin(roll)
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
 def box_mesh(l, w, h, centre, yaw=0.0):
     import open3d as o3d
 
@@ -106,10 +123,11 @@ def agent_meshes(kind, box, rng):
         return np.array([x, y, z0]) + R @ np.array([dx, dy, dz])
 
     if kind == "Car":
-        hb = h * rng.uniform(0.5, 0.6)  # body with ground clearance, cabin on top
+        hb = h * rng.uniform(0.45, 0.62)  # body with ground clearance, cabin on top
         body = box_mesh(l, w, hb - 0.18, at(0, 0, 0.18 + (hb - 0.18) / 2), yaw)
-        lc = l * rng.uniform(0.45, 0.6)
-        cabin = box_mesh(lc, w * 0.9, h - hb, at(-l * 0.05, 0, hb + (h - hb) / 2), yaw)
+        lc = l * rng.uniform(0.42, 0.8)  # saloon .. hatchback / SUV cabins
+        shift = -l * rng.uniform(0.0, 0.5) * (1 - lc / l)
+        cabin = box_mesh(lc, w * rng.uniform(0.82, 0.95), h - hb, at(shift, 0, hb + (h - hb) / 2), yaw)
         wheels = [cylinder_mesh(0.3, 0.18 * 2, at(sx * l * 0.32, sy * (w / 2 - 0.12), 0.18), 6)
                   for sx in (-1, 1) for sy in (-1, 1)]
         return [body, cabin] + wheels
@@ -118,7 +136,7 @@ def agent_meshes(kind, box, rng):
         torso = box_mesh(l * 0.55, w, h * 0.36, at(0, 0, h * 0.47 + h * 0.18), yaw)
         head = sphere_mesh(h * 0.085, at(0, 0, h - h * 0.085))
         return [legs, torso, head]
-    if kind == "Van":
+    if kind in ("Van", "Truck"):
         body = box_mesh(l, w, h - 0.2, at(0, 0, 0.2 + (h - 0.2) / 2), yaw)
         wheels = [cylinder_mesh(0.32, 0.2 * 2, at(sx * l * 0.33, sy * (w / 2 - 0.12), 0.2), 6)
                   for sx in (-1, 1) for sy in (-1, 1)]
@@ -133,12 +151,17 @@ def agent_meshes(kind, box, rng):
 
 
 # ----------------------------------------------------------------------------------------------- scene
-def make_scene(rng, seq_len: int, clutter: bool = False):
-    """A straight road along world x with ego starting at x=0; returns (static things, agents, road info)."""
+def make_scene(rng, seq_len: int, clutter: bool = True):
+    """A straight road along world x, the ego near x=0 heading up to +-25 degrees off the road axis, on a sensor
+    pitched / rolled by a few degrees at a varied height; one side of the road may be an open car park. Returns
+    (static things, agents, scene info)."""
     road_half = rng.uniform(3.5, 7.5)
     pave = rng.uniform(2.0, 4.0)
     ego_y = rng.uniform(-road_half + 1.8, road_half - 1.8) * 0.5
     ego_speed = rng.uniform(0.0, 12.0)
+    pose = dict(yaw=float(rng.uniform(-0.45, 0.45)), pitch=float(rng.normal(0, 0.02)),
+                roll=float(rng.normal(0, 0.015)), height=float(LIDAR_HEIGHT + rng.normal(0, 0.08)))
+    open_side = {s: bool(rng.random() < 0.35) for s in (-1, 1)}  # car park / open ground instead of buildings
     span = (-40.0, 110.0 + ego_speed * seq_len * DT)
     static: list[tuple[Thing, list]] = []
     agents: list[tuple[Thing, str]] = []
@@ -151,7 +174,7 @@ def make_scene(rng, seq_len: int, clutter: bool = False):
         x = span[0]
         while x < span[1]:
             bl = rng.uniform(8, 30)
-            if rng.random() < 0.8:
+            if rng.random() < 0.8 and not open_side[side]:
                 by = side * (road_half + pave + rng.uniform(1.0, 8.0) + 5)
                 bh = rng.uniform(4, 15)
                 c = tuple(rng.uniform(0.35, 0.8, 3))
@@ -178,7 +201,7 @@ def make_scene(rng, seq_len: int, clutter: bool = False):
     def add(kind, x, y, yaw, vel):
         (ml, mw, mh), (sl, sw, sh) = SIZES[kind]
         l, w, h = (max(m + s * rng.standard_normal(), 0.3 * m) for m, s in ((ml, sl), (mw, sw), (mh, sh)))
-        z0 = 0.15 if abs(y) > road_half else 0.0
+        z0 = 0.15 if road_half < abs(y) < road_half + pave else 0.0  # on the pavement
         box = np.array([x, y, z0 + h / 2, l, w, h, wrap_angle(yaw)])
         # sweep the whole sequence so moving agents never interpenetrate
         sweep = box.copy()
@@ -190,10 +213,21 @@ def make_scene(rng, seq_len: int, clutter: bool = False):
         colours = COLOURS[kind]
         agents.append((Thing(kind, colours[rng.integers(len(colours))], box, np.asarray(vel, float)), kind))
 
-    for _ in range(rng.integers(4, 22)):  # parked cars along both kerbs, some angled
+    for _ in range(rng.integers(4, 22)):  # parked cars along both kerbs, some angled, some at any yaw
         side = rng.choice([-1, 1])
         yaw = (0 if rng.random() < 0.5 else math.pi) + rng.normal(0, 0.08) + (rng.random() < 0.1) * math.pi / 2
+        if rng.random() < 0.3:
+            yaw = rng.uniform(-math.pi, math.pi)
         add("Car", rng.uniform(3, 75), side * (road_half - 1.1), yaw, (0, 0))
+    for side in (-1, 1):  # car parks: cars anywhere out to 40 m sideways, most at any yaw
+        if not open_side[side]:
+            continue
+        for _ in range(rng.integers(3, 16)):
+            yaw = rng.uniform(-math.pi, math.pi) if rng.random() < 0.7 else math.pi / 2 + rng.normal(0, 0.1)
+            add("Car", rng.uniform(3, 70), side * rng.uniform(road_half + pave + 1.5, 40), yaw, (0, 0))
+        for _ in range(rng.integers(0, 4)):
+            add("Pedestrian", rng.uniform(3, 50), side * rng.uniform(road_half + pave + 1, 35),
+                rng.uniform(-math.pi, math.pi), (0, 0))
     for _ in range(rng.integers(1, 8)):  # moving cars in lanes
         lane = rng.choice([-1, 1])
         speed = rng.uniform(2, 14)
@@ -211,20 +245,39 @@ def make_scene(rng, seq_len: int, clutter: bool = False):
         speed = rng.uniform(1, 6)
         add("Cyclist", rng.uniform(4, 55), side * (road_half - 0.7), 0 if side < 0 else math.pi,
             (speed if side < 0 else -speed, 0))
-    if clutter:  # drawn after everything else, so clutter=False scenes stay byte-identical to earlier versions
+    if clutter:  # drawn after the agents, so the agents do not depend on it
         for _ in range(rng.integers(0, 3)):  # parked vans
             side = rng.choice([-1, 1])
             add("Van", rng.uniform(5, 70), side * (road_half - 1.2), (0 if rng.random() < 0.5 else math.pi), (0, 0))
-        static += _clutter(rng, road_half, pave, span)
-    return static, agents, dict(road_half=road_half, ego_y=ego_y, ego_speed=ego_speed, span=span)
+        for _ in range(rng.integers(0, 2)):  # parked trucks / trailers
+            side = rng.choice([-1, 1])
+            add("Truck", rng.uniform(8, 70), side * (road_half - 1.4), (0 if rng.random() < 0.5 else math.pi), (0, 0))
+        static += _clutter(rng, road_half, pave, span, open_side)
+    return static, agents, dict(road_half=road_half, ego_y=ego_y, ego_speed=ego_speed, span=span, **pose)
 
 
-def _clutter(rng, road_half, pave, span):
-    """Street furniture that real sweeps are full of (fences, hedges, bushes, bins, bollards, signs):
-    negatives, so the detector does not call every upright cluster a pedestrian."""
+def _clutter(rng, road_half, pave, span, open_side=None):
+    """Street furniture that real sweeps are full of (walls, guard rails, fences, hedges, bushes, bins, bollards,
+    bike racks, signs, poles): negatives, so the detector does not call every upright cluster a pedestrian."""
     out = []
     for side in (-1, 1):
         edge = side * (road_half + pave)
+        if rng.random() < 0.35:  # guard rail along the road edge: a band 0.3 m high at 0.5-0.8 m
+            L = rng.uniform(20, 120)
+            out.append((Thing("clutter", (0.7, 0.7, 0.72)),
+                        [box_mesh(L, 0.05, 0.3, (rng.uniform(*span), side * (road_half + 0.3), 0.65))]
+                        + [cylinder_mesh(0.05, 2 * 0.75, (x, side * (road_half + 0.35), 0), 4)
+                           for x in np.arange(0, 70, 4.0)]))
+        for _ in range(rng.integers(0, 3)):  # walls 1-3 m high behind the pavement or across open ground
+            L, H = rng.uniform(5, 40), rng.uniform(1.0, 3.0)
+            far = (open_side or {}).get(side, False)
+            y = side * (road_half + pave + (rng.uniform(2, 35) if far else 0.2))
+            out.append((Thing("clutter", tuple(rng.uniform(0.3, 0.7, 3))),
+                        [box_mesh(L, 0.3, H, (rng.uniform(0, 70), y, H / 2), rng.uniform(-0.3, 0.3) if far else 0.0)]))
+        for _ in range(rng.integers(0, 2)):  # bike racks: rows of hoops about pedestrian height
+            x0, y0 = rng.uniform(4, 50), side * (road_half + rng.uniform(0.3, pave))
+            out.append((Thing("clutter", (0.5, 0.5, 0.55)),
+                        [box_mesh(0.05, 0.7, 0.9, (x0 + 0.7 * i, y0, 0.15 + 0.45)) for i in range(rng.integers(3, 8))]))
         for _ in range(rng.integers(0, 4)):  # fences / hedges along the back of the pavement
             L, H = rng.uniform(4, 25), rng.uniform(0.8, 2.0)
             out.append((Thing("clutter", tuple(rng.uniform(0.2, 0.6, 3))),
@@ -250,8 +303,8 @@ def _clutter(rng, road_half, pave, span):
 
 # ----------------------------------------------------------------------------------------------- sensors
 def lidar_rays(rng):
-    """HDL-64E-like: 64 beams -24.9..+2 deg, ~0.17 deg azimuth steps (~135k rays)."""
-    elev = np.deg2rad(np.linspace(-24.9, 2.0, 64)) + rng.normal(0, 0.0008, 64)
+    """HDL-64E: its two laser blocks' elevation table (+2..-24.9 deg), ~0.17 deg azimuth steps (~135k rays)."""
+    elev = np.deg2rad(HDL64_ELEVATION_DEG) + rng.normal(0, 0.0008, 64)
     az = np.deg2rad(np.arange(0, 360, 0.17)) + rng.uniform(0, np.deg2rad(0.17))
     E, A = np.meshgrid(elev, az, indexing="ij")
     return np.stack([np.cos(E) * np.cos(A), np.cos(E) * np.sin(A), np.sin(E)], -1).reshape(-1, 3)
@@ -269,11 +322,14 @@ def render_frame(static, agents, info, k, rng, rays_cam):
     """Ray-cast one frame k of the sequence; returns points, image, labels, ego pose."""
     import open3d as o3d
 
-    ego = np.array([info["ego_speed"] * k * DT, info["ego_y"], LIDAR_HEIGHT])
-    ego_yaw = float(rng.normal(0, 0.01))
-    Rw = _rz(ego_yaw)  # lidar -> world rotation
+    ego_yaw = info.get("yaw", 0.0) + float(rng.normal(0, 0.01))
+    travelled = info["ego_speed"] * k * DT
+    ego = np.array([travelled * math.cos(ego_yaw), info["ego_y"] + travelled * math.sin(ego_yaw),
+                    info.get("height", LIDAR_HEIGHT)])
+    Rw = _rz(ego_yaw) @ _ry(info.get("pitch", 0.0)) @ _rx(info.get("roll", 0.0))  # lidar -> world rotation
     scene = o3d.t.geometry.RaycastingScene()
-    geo_owner, kinds, colours = [], [], []
+    geo_owner, kinds, colours, rfactor = [], [], [], []
+    mat_rng = np.random.default_rng(int(rng.integers(1 << 31)))
     span, rh = info["span"], info["road_half"]
     ground = box_mesh(span[1] - span[0] + 200, 400, 0.02, ((span[0] + span[1]) / 2, 0, -0.01))
     for thing, meshes in [(Thing("ground", (0.3, 0.3, 0.32)), [ground])] + static:
@@ -282,19 +338,23 @@ def render_frame(static, agents, info, k, rng, rays_cam):
             geo_owner.append(-1)
             kinds.append(thing.kind)
             colours.append(thing.colour)
+            rfactor.append(float(mat_rng.lognormal(0, 0.3)))
     boxes_w = []
     for i, (thing, kind) in enumerate(agents):
         box = thing.box.copy()
         box[:2] += thing.vel * k * DT
         boxes_w.append(box)
+        paint = float(np.random.default_rng([i, 11]).lognormal(0, 0.6))  # dark .. light paint and clothes
         for m in agent_meshes(kind, box, np.random.default_rng(i)):
             scene.add_triangles(m)
             geo_owner.append(i)
             kinds.append(kind)
             colours.append(thing.colour)
+            rfactor.append(paint)
     geo_owner = np.array(geo_owner + [-2])  # index -1 (miss) -> -2
     kinds = np.array(kinds + ["sky"])
     colours = np.array(colours + [(0.6, 0.75, 0.95)])
+    rfactor = np.array(rfactor + [1.0])
 
     def cast(dirs_velo):
         d = (dirs_velo @ Rw.T).astype(np.float32)
@@ -308,16 +368,22 @@ def render_frame(static, agents, info, k, rng, rays_cam):
     # ---- lidar
     dirs = lidar_rays(rng)
     t, gid, nrm = cast(dirs)
-    keep = np.isfinite(t) & (t < 120) & (t > 2.0) & (rng.random(len(t)) > 0.06)  # range limits + dropouts
+    # dropouts: a base rate, more at grazing incidence and for far, dark surfaces
+    cos_all = np.abs((nrm * (dirs @ Rw.T)).sum(1))
+    dark_far = (np.isin(kinds[gid], ["Car", "Van", "Truck"])) & (t > 30)
+    p_drop = 0.05 + 0.35 * (1 - cos_all) ** 3 + 0.25 * dark_far
+    keep = np.isfinite(t) & (t < 120) & (t > 2.0) & (rng.random(len(t)) > p_drop)
     t = t[keep] + rng.normal(0, 0.02, keep.sum())
     pts = dirs[keep] * t[:, None]
     kd = kinds[gid[keep]]
     hitw = ego + (dirs[keep] * t[:, None]) @ Rw.T
-    refl = np.array([REFLECTANCE.get(x, 0.2) for x in kd])
+    refl = np.array([REFLECTANCE.get(x, 0.2) for x in kd]) * rfactor[gid[keep]]
     refl = np.where((kd == "ground") & (np.abs(hitw[:, 1]) < rh), REFLECTANCE["road"], refl)
     refl = np.where((kd == "ground") & (np.abs(np.abs(hitw[:, 1]) - rh + 0.3) < 0.08), REFLECTANCE["marking"], refl)
     cosi = np.abs((nrm[keep] * (dirs[keep] @ Rw.T)).sum(1))
-    refl = np.clip(refl * (0.4 + 0.6 * cosi) + rng.normal(0, 0.03, len(refl)), 0, 0.99)
+    refl = refl * (0.4 + 0.6 * cosi) + np.abs(rng.normal(0, 0.01, len(refl)))
+    plates = np.isin(kd, ["Car", "Van", "Truck"]) & (rng.random(len(refl)) < 0.01)  # retro-reflective plates
+    refl = np.clip(np.where(plates, rng.uniform(0.6, 0.99, len(refl)), refl), 0, 0.99)
     points = np.c_[pts, refl].astype(np.float32)
 
     # ---- camera (same scene, from the camera centre)
@@ -344,7 +410,9 @@ def render_frame(static, agents, info, k, rng, rays_cam):
     col[sky] = np.c_[0.55 + 0.3 * vv[sky] / IMAGE_H, 0.7 + 0.2 * vv[sky] / IMAGE_H, np.full(sky.sum(), 0.95)]
     fog = np.clip(np.where(np.isfinite(tc), tc, 0) / 250, 0, 0.5)[:, None]  # aerial perspective
     col = col * (1 - fog) + 0.75 * fog
-    col = col + rng.normal(0, 0.02, col.shape)
+    # photometric randomisation: exposure, contrast and a colour cast per frame, then sensor noise
+    col = (col - 0.5) * rng.uniform(0.75, 1.25) + 0.5 + rng.uniform(-0.12, 0.12)
+    col = col * rng.uniform(0.9, 1.1, 3) + rng.normal(0, 0.02, col.shape)
     image = (np.clip(col, 0, 1) * 255).astype(np.uint8).reshape(IMAGE_H, IMAGE_W, 3)
     owner_px = geo_owner[gc].reshape(IMAGE_H, IMAGE_W)
 
@@ -428,23 +496,67 @@ def synth_sequence(args) -> list[str]:
     ids = []
     for k in range(n):
         fid = f"{first + k:06d}"
+        if (split / "velodyne" / f"{fid}.bin").is_file():
+            ids.append(fid)  # finished by an earlier, interrupted run: every frame has its own seed, so skip it
+            continue
         frng = np.random.default_rng([seed, seq_index, k, 7])
         points, image, labels, (ego, yaw), calib = render_frame(static, agents, info, k, frng, rays_cam)
         if reduced:
             points = reduce_to_camera_view(points, calib, image.shape)
-        write_velodyne(split / "velodyne" / f"{fid}.bin", points)
+        # every file is written atomically, the velodyne sweep last: a frame is listed only once it is complete
         write_image(split / "image_2" / f"{fid}.png", image)
         write_label(split / "label_2" / f"{fid}.txt", labels)
         atomic_write_text(split / "calib" / f"{fid}.txt", calib.to_text())
         write_oxts(split / "oxts" / f"{fid}.txt", oxts_packet(ego, yaw, info["ego_speed"], frng))
+        write_velodyne(split / "velodyne" / f"{fid}.bin", points)
         ids.append(fid)
     return ids
 
 
+PROGRESS = "synth_progress.json"
+
+
+def _progress_path(split: Path, shard) -> Path:
+    return split / (PROGRESS if shard[1] == 1 else f"synth_progress.{shard[0]}of{shard[1]}.json")
+
+
+def synth_status(split) -> list[dict]:
+    """The progress records of the synth runs that wrote this split (empty for real data)."""
+    import json
+
+    out = []
+    for f in sorted(Path(split).glob("synth_progress*.json")):
+        try:
+            out.append(json.loads(f.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            out.append({"complete": False, "settings": {}, "file": str(f)})
+    return out
+
+
+def interrupted_note(split) -> str | None:
+    """One sentence when a synth run into this split was interrupted, naming the command that finishes it."""
+    for rec in synth_status(split):
+        if not rec.get("complete"):
+            s = rec.get("settings", {})
+            cmd = (f"mmapps driving synth {Path(split).parent} --frames {s.get('frames')} --seed {s.get('seed')} "
+                   f"--seq-len {s.get('seq_len')}" + ("" if s.get("clutter", True) else " --no-clutter")
+                   + (" --reduced" if s.get("reduced") else "") + (f" --shard {s['shard']}" if s.get("shard", "0/1") != "0/1" else ""))
+            return (f"{split}: the synthetic dataset was interrupted ({len(list((Path(split) / 'velodyne').glob('*.bin')))} "
+                    f"of {s.get('frames')} frames complete); run the same command again to finish it: {cmd}")
+    return None
+
+
 def synth_dataset(out, frames: int, seed: int = 0, seq_len: int = 1, workers: int = 1, shard=(0, 1),
-                  reduced: bool = False, clutter: bool = False) -> dict:
-    """Generate ``frames`` frames in sequences of ``seq_len`` under out/training/."""
+                  reduced: bool = False, clutter: bool = True) -> dict:
+    """Generate ``frames`` frames in sequences of ``seq_len`` under out/training/.
+
+    A progress record (``synth_progress.json``) is written first and marked complete at the end. Re-running the
+    same command after an interruption resumes: finished frames are kept (each frame has its own seed, so the
+    result is byte-identical to an uninterrupted run). Other settings over an interrupted run are refused."""
+    import json
+
     from mmapps.errors import UserError
+    from mmapps.io import atomic_write_text
     from mmapps.parallel import parallel_map, shard_items
 
     if frames < 1:
@@ -452,11 +564,24 @@ def synth_dataset(out, frames: int, seed: int = 0, seq_len: int = 1, workers: in
     if seq_len < 1:
         raise UserError(f"--seq-len must be >= 1; got {seq_len}")
     split = Path(out) / "training"
+    settings = {"frames": frames, "seed": seed, "seq_len": seq_len, "clutter": clutter, "reduced": reduced,
+                "shard": f"{shard[0]}/{shard[1]}"}
+    progress = _progress_path(split, shard)
+    if progress.is_file():
+        try:
+            before = json.loads(progress.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = {}
+        if before.get("settings") != settings:
+            raise UserError(f"{progress}: {split} was written by a synth run with other settings "
+                            f"({before.get('settings')}); use another OUT folder or remove this one")
     for d in ("velodyne", "image_2", "label_2", "calib", "oxts"):
         (split / d).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(progress, json.dumps({"settings": settings, "complete": False}))
     jobs = [(str(split), seed, s, f, min(seq_len, frames - f), seq_len, reduced, clutter)
             for s, f in enumerate(range(0, frames, seq_len))]
     mine = shard_items(jobs, *shard)
     ids = [i for part in parallel_map(synth_sequence, mine, workers, "synthesising") for i in part]
+    atomic_write_text(progress, json.dumps({"settings": settings, "complete": True, "written": len(ids)}))
     return {"out": str(split), "frames": len(ids), "seed": seed, "seq_len": seq_len, "clutter": clutter,
             "shard": f"{shard[0]}/{shard[1]}"}

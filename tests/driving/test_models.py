@@ -7,7 +7,7 @@ from driving import io
 from driving.boxes import decode, encode_targets, rotated_nms
 from driving.classical import classical_detect
 from driving.models import BEVFusionDetector, DetectorConfig
-from driving.preprocess import gt_boxes, lidar_bev, make_sample
+from driving.preprocess import augmentation, gt_boxes, lidar_bev, make_sample, transform_boxes
 from driving.train import FrameDataset
 from mmapps.data import collate_samples
 
@@ -21,10 +21,11 @@ def test_forward_backward_and_missing_modalities(frame):
     cfg = DetectorConfig()
     torch.manual_seed(0)
     model = BEVFusionDetector(cfg)
-    batch = collate_samples([make_sample(frame, cfg, targets=True), make_sample(frame, cfg, targets=True, flip=True)])
+    T = augmentation(np.random.default_rng(0))
+    batch = collate_samples([make_sample(frame, cfg, targets=True), make_sample(frame, cfg, targets=True, transform=T)])
     out = model(batch)
     assert out["heatmap"].shape == (2, 3, cfg.nx // 2, cfg.ny // 2)
-    assert out["regression"].shape == (2, 8, cfg.nx // 2, cfg.ny // 2)
+    assert out["regression"].shape == (2, 9, cfg.nx // 2, cfg.ny // 2)
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
@@ -40,43 +41,84 @@ def test_forward_backward_and_missing_modalities(frame):
     assert not torch.allclose(full, no_cam)
 
 
+def test_no_absolute_position_input():
+    """Without coordinate channels the network is translation-equivariant in BEV: the same object two cells
+    further right gives the same heatmap peak two cells further right."""
+    cfg = DetectorConfig(coords=False)
+    torch.manual_seed(0)
+    model = BEVFusionDetector(cfg).eval()
+    lidar = torch.zeros(1, cfg.lidar_channels, cfg.nx, cfg.ny)
+    lidar[0, :, 60:70, 80:84] = 1.0
+    moved = torch.roll(lidar, shifts=(0, 8), dims=(2, 3))
+    base = {"camera": torch.zeros(1, 3, *cfg.image_size), "proj": torch.zeros(1, 3, 4),
+            "present": {"lidar": torch.tensor([True]), "camera": torch.tensor([False])}}
+    with torch.no_grad():
+        a = model({**base, "lidar": lidar})["heatmap"][0, :, 20:45, 30:50]
+        b = model({**base, "lidar": moved})["heatmap"][0, :, 20:45, 34:54]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_targets_decode_back_to_the_labels(frame):
     cfg = DetectorConfig()
+    s = make_sample(frame, cfg, targets=True, transform=augmentation(np.random.default_rng(3)))
+    t = s["targets"]
     boxes, cls = gt_boxes(frame, cfg)
-    in_grid = (boxes[:, 0] > 0) & (boxes[:, 0] < 70) & (np.abs(boxes[:, 1]) < 40)
-    t = encode_targets(boxes, cls, cfg)
+    boxes = transform_boxes(boxes, augmentation(np.random.default_rng(3)))
+    in_grid = (boxes[:, 0] >= 0) & (boxes[:, 0] < 70.4) & (np.abs(boxes[:, 1]) < 40)
     assert t["mask"].sum() == in_grid.sum()
     logit = torch.logit(t["heatmap"].clamp(1e-4, 1 - 1e-4))[None]
-    dets = decode({"heatmap": logit, "regression": t["regression"][None]}, cfg, 0.5, 100)[0]
+    dets = decode({"heatmap": logit, "regression": t["regression"][None], "ground": s["ground"][None]}, cfg, 0.5, 100)[0]
     assert len(dets) == in_grid.sum()
     for b in boxes[in_grid]:
         best = min(dets, key=lambda d: np.hypot(*(d["box3d"][:2] - b[:2])))
         np.testing.assert_allclose(best["box3d"][:6], b[:6], atol=1e-4)
-        assert np.cos(best["box3d"][6] - b[6]) == pytest.approx(1, abs=1e-5)
+        assert np.cos(best["box3d"][6] - b[6]) == pytest.approx(1, abs=1e-5)  # the full heading, not only its axis
 
 
-def test_flip_keeps_camera_geometry(frame):
-    """After the flip augmentation a lidar point still projects onto the same (mirrored) image pixel."""
+def test_augmentation_keeps_camera_geometry_and_boxes(frame):
+    """After the transform a lidar point still projects onto the same pixel, and each box keeps its points."""
     cfg = DetectorConfig()
-    s, f = make_sample(frame, cfg), make_sample(frame, cfg, flip=True)
-    p = torch.tensor([20.0, 3.0, -1.0, 1.0])
-    pf = torch.tensor([20.0, -3.0, -1.0, 1.0])
-    a = s["proj"] @ p
-    b = f["proj"] @ pf
-    assert (a[0] / a[2]).item() == pytest.approx(-(b[0] / b[2]).item(), abs=1e-5)
-    assert (a[1] / a[2]).item() == pytest.approx((b[1] / b[2]).item(), abs=1e-5)
-    same = (f["lidar"] == torch.flip(s["lidar"], dims=[2])).float().mean()
-    assert same > 0.99  # the BEV grid is symmetric in y: cells mirror onto cells
+    T = augmentation(np.random.default_rng(1))
+    s, f = make_sample(frame, cfg), make_sample(frame, cfg, transform=T)
+    p = np.array([20.0, 3.0, -1.0, 1.0])
+    a = s["proj"] @ torch.tensor(p, dtype=torch.float32)
+    b = f["proj"] @ torch.tensor(T @ p, dtype=torch.float32)
+    assert (a[:2] / a[2]).numpy() == pytest.approx((b[:2] / b[2]).numpy(), abs=1e-4)
+    boxes, _ = gt_boxes(frame, cfg)
+    moved = transform_boxes(boxes, T)
+    pts = frame.points.copy()
+    pts[:, :3] = pts[:, :3] @ T[:3, :3].T + T[:3, 3]
+    for b0, b1 in zip(boxes, moved):
+        n0, n1 = _inside(frame.points, b0), _inside(pts, b1)
+        assert abs(n0 - n1) <= max(2, 0.002 * n0)  # float32 points on the faces may fall either way
+
+
+def _inside(points, box):
+    x, y, z, l, w, h, yaw = box
+    d = points[:, :3] - [x, y, z]
+    c, s = np.cos(-yaw), np.sin(-yaw)
+    lx, ly = c * d[:, 0] - s * d[:, 1], s * d[:, 0] + c * d[:, 1]
+    return int(((np.abs(lx) < l / 2 - 1e-3) & (np.abs(ly) < w / 2 - 1e-3) & (np.abs(d[:, 2]) < h / 2 - 1e-3)).sum())
 
 
 def test_lidar_bev_counts_points():
-    cfg = DetectorConfig()
+    cfg = DetectorConfig(ground_relative=False, slices=(-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0))
     pts = np.array([[10.1, 0.1, -1.0, 0.5], [10.2, 0.15, 0.2, 0.7], [-5, 0, 0, 0.1]], np.float32)
-    bev = lidar_bev(pts, cfg)
+    bev, ground = lidar_bev(pts, cfg)
     ix, iy = int(10.1 / cfg.cell), int((0.1 + 40) / cfg.cell)
-    assert bev[0].sum() > 0 and bev[0, ix, iy] == pytest.approx(np.log1p(2) / np.log(64))
+    assert ground is None and bev[0].sum() > 0 and bev[0, ix, iy] == pytest.approx(np.log1p(2) / np.log(64))
     assert bev[3, ix, iy] == pytest.approx(0.6)
     assert bev[4:, ix, iy].sum() == 2  # two height slices occupied
+
+
+def test_heights_are_relative_to_the_local_ground(frame):
+    """Lifting the whole sweep by 0.4 m (another mounting height or a slope) leaves the features unchanged."""
+    cfg = DetectorConfig()
+    pts = frame.points[(frame.points[:, 2] > -2.5) & (frame.points[:, 2] < 0.5)]
+    up = pts + np.array([0, 0, 0.4, 0], np.float32)
+    (a, ga), (b, gb) = lidar_bev(pts, cfg), lidar_bev(up, cfg)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(gb - ga, torch.full_like(ga, 0.4), atol=1e-4)
 
 
 def test_rotated_nms_keeps_separate_boxes():
@@ -106,8 +148,10 @@ def test_classical_finds_cars(frame):
     assert found >= 1
 
 
-def test_dataset_caches_and_returns_targets(syn_root):
-    ds = FrameDataset(io.resolve_split(syn_root), ["000000"], DetectorConfig())
+def test_dataset_augments_on_the_fly(syn_root):
+    ds = FrameDataset(io.resolve_split(syn_root), ["000000"], DetectorConfig(), augment=True, seed=0)
     a, b = ds[0], ds[0]
-    assert torch.equal(a["lidar"], b["lidar"]) and a["lidar"].dtype == torch.float32
+    assert not torch.equal(a["lidar"], b["lidar"]) and a["lidar"].dtype == torch.float32  # a new draw each time
     assert a["targets"]["mask"].sum() > 0
+    again = FrameDataset(io.resolve_split(syn_root), ["000000"], DetectorConfig(), augment=True, seed=0)
+    assert torch.equal(again[0]["lidar"], a["lidar"])  # same seed, same augmentations

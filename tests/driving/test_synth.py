@@ -2,8 +2,10 @@
 import hashlib
 
 import numpy as np
+import pytest
 
 from driving import io
+from mmapps.errors import UserError
 from driving.synth import synth_dataset
 
 
@@ -21,9 +23,9 @@ def test_synth_layout_and_contents(syn_root):
     assert ids == ["000000", "000001", "000002"]
     f = io.load_frame(split, "000000")
     assert 80_000 < len(f.points) < 140_000  # HDL-64E-like sweep
-    # ground returns sit ~1.73 m below the sensor
+    # ground returns sit ~1.73 m below the sensor (mounting height and pitch vary by a few cm / degrees)
     ground = f.points[(np.abs(f.points[:, 1]) < 2) & (f.points[:, 0] > 5) & (f.points[:, 0] < 8)]
-    assert abs(np.median(ground[:, 2]) + 1.73) < 0.1
+    assert abs(np.median(ground[:, 2]) + 1.73) < 0.35
     assert 0 <= f.points[:, 3].min() and f.points[:, 3].max() < 1
     assert f.image.shape == (375, 1242, 3) and f.image.std() > 10
     assert f.oxts is not None and abs(f.oxts[0] - 49.0) < 0.1
@@ -48,11 +50,11 @@ def _points_in_box(points, box):
 
 def test_visible_objects_have_lidar_points(syn_root):
     split = io.resolve_split(syn_root)
-    f = io.load_frame(split, "000000")
-    near = [o for o in f.labels if o.type == "Car" and o.occluded == 0 and o.z < 30 and o.truncated < 0.1]
-    assert near, "the scene should hold at least one near, fully visible car"
-    for o in near:
-        assert _points_in_box(f.points, io.label_to_lidar_box(o, f.calib)) > 20
+    near = [(f, o) for f in (io.load_frame(split, fid) for fid in io.list_frames(split)) for o in f.labels
+            if o.type == "Car" and o.occluded == 0 and o.z < 30 and o.truncated < 0.1]
+    assert near, "the scenes should hold at least one near, fully visible car"
+    for f, o in near:
+        assert _points_in_box(f.points, io.label_to_lidar_box(o, f.calib)) > 10  # dark paint drops some returns
 
 
 def test_same_seed_same_bytes_and_shards(tmp_path, syn_root):
@@ -82,4 +84,50 @@ def test_clutter_adds_street_furniture_without_changing_the_rest():
     s1, a1, i1 = make_scene(np.random.default_rng([1, 0]), 1, clutter=True)
     assert len(s1) > len(s0) and i0 == i1
     assert [t.box.tolist() for t, _ in a0] == [t.box.tolist() for t, _ in a1[: len(a0)]]
-    assert {k for _, k in a1} - {k for _, k in a0} <= {"Van"}
+    assert {k for _, k in a1} - {k for _, k in a0} <= {"Van", "Truck"}
+
+
+def test_randomised_world():
+    """Domain randomisation: the ego is not aligned with the road, cars stand at any yaw, car paint is dark."""
+    from driving.synth import HDL64_ELEVATION_DEG, make_scene
+
+    yaws, car_yaws = [], []
+    for k in range(12):
+        static, agents, info = make_scene(np.random.default_rng([3, k]), 1)
+        yaws.append(info["yaw"])
+        car_yaws += [t.box[6] for t, kind in agents if kind == "Car"]
+    assert np.ptp(yaws) > 0.3 and max(abs(y) for y in yaws) <= 0.45
+    off_axis = np.abs(np.sin(np.asarray(car_yaws))) > 0.35  # more than ~20 degrees off the road axis
+    assert 0.2 < off_axis.mean() < 0.8
+    gaps = -np.diff(HDL64_ELEVATION_DEG)
+    assert len(HDL64_ELEVATION_DEG) == 64 and gaps[:31].mean() < 0.4 < gaps[32:].mean()  # the two laser blocks
+
+
+def test_interrupted_synth_resumes_and_is_reported(tmp_path, syn_root):
+    import json
+
+    from typer.testing import CliRunner
+
+    from driving.cli import app
+
+    root = tmp_path / "s"
+    synth_dataset(root, 3, seed=7, seq_len=3)
+    split = root / "training"
+    whole = (split / "velodyne/000002.bin").read_bytes()
+    # as if killed while writing frame 2: its sweep (written last) is missing and the run is not marked complete
+    (split / "velodyne/000002.bin").unlink()
+    progress = split / "synth_progress.json"
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "complete": False}))
+    runner = CliRunner()
+    r = runner.invoke(app, ["perceive", str(root), "--frame", "000002", "--method", "classical"])
+    err = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.exit_code == 2 and len(err) == 1 and "interrupted (2 of 3 frames complete)" in err[0]
+    assert "mmapps driving synth" in err[0] and "--seed 7" in err[0]
+    r = runner.invoke(app, ["evaluate", str(root), "--method", "classical", "--json"])
+    assert r.exit_code == 0 and "interrupted" in r.stderr  # the complete frames are usable, with a warning
+    with pytest.raises(UserError, match="other settings"):
+        synth_dataset(root, 3, seed=8, seq_len=3)
+    synth_dataset(root, 3, seed=7, seq_len=3)  # the same command resumes
+    assert (split / "velodyne/000002.bin").read_bytes() == whole
+    assert json.loads(progress.read_text())["complete"] is True
+    assert _digest(root) == _digest(syn_root)
