@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -33,6 +34,7 @@ class Case:
     stdin: str | None = None
     category: str = ""
     allow_success: bool = False  # odd but valid input: exit 0 with a result is fine too, a crash is not
+    expect: str | None = None    # a regex the error line must match (when the reason itself is what is tested)
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Result:
             out.append("traceback on stderr")
         if len(lines) != 1 or not lines[0].startswith("error:"):
             out.append(f"{len(lines)} stderr lines, expected one 'error:' line")
+        if self.case.expect and lines and not re.search(self.case.expect, lines[-1]):
+            out.append(f"error line does not match {self.case.expect!r}")
         if self.maxrss_mb > PEAK_RSS_LIMIT_MB:
             out.append(f"peak RSS {self.maxrss_mb:.0f} MB > {PEAK_RSS_LIMIT_MB} MB")
         for p in self.case.outputs:

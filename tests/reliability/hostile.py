@@ -213,3 +213,21 @@ def tampered_checkpoint(src: Path, dst: Path, edit) -> Path:
     edit(bundle)
     torch.save(bundle, dst)
     return dst
+
+
+def foreign_resume_state(out: Path, scenario: str) -> Path:
+    """``<out stem>.last.pt``: resumable trainer state saved by another architecture (a 2x2 linear model), as
+    after training with other settings; ``train --out OUT --resume`` must name the mismatch."""
+    import torch
+
+    from mmapps.checkpoint import save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    last = out.with_name(out.stem + ".last.pt")
+    save_checkpoint(last, model, {"scenario": scenario, "model": {}}, {}, extra={
+        "optimizer": opt.state_dict(), "scheduler": None, "epoch": 0, "best": 1.0, "bad_epochs": 0, "history": [],
+        "rng": torch.get_rng_state()})
+    return last

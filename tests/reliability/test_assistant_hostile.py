@@ -44,6 +44,9 @@ def make_files(d: Path) -> None:
     H.write(d / "bad.toml", H.bad_utf8("[train]\nepochs = 1\n", 3))
     H.write(d / "deep.json", H.deep_json(100_000, key="train"))
     H.write(d / "good.jsonl", (json.dumps(GOOD_LINE) + "\n") * 4)
+    H.write(d / "train.jsonl", "".join(json.dumps({**GOOD_LINE, "intent": i}) + "\n"
+                                       for i in ("PlayMusic", "GetWeather") * 6))
+    H.foreign_resume_state(d / "resumed.pt", "assistant")
     H.write(d / "file_not_dir", "x")
     (d / "out_dir.pt").mkdir()
     # checkpoints
@@ -77,7 +80,8 @@ def cases(d: Path) -> list[Case]:
         Case("fifo_audio", u + ["--audio", f"{d}/fifo.wav"], category="special file"),
         Case("dev_zero_audio", u + ["--audio", f"{d}/zero.wav"], category="special file"),
         Case("dev_zero_raw", u + ["--audio", f"{d}/zero.raw", "--raw"], category="special file"),
-        Case("three_hour_raw", u + ["--audio", f"{d}/three_hours.raw", "--raw"], category="special file"),
+        Case("three_hour_raw", u + ["--audio", f"{d}/three_hours.raw", "--raw"], category="special file",
+             expect="at most 60 s"),
         Case("folder_audio", u + ["--audio", f"{d}/folder.wav"], category="special file"),
         Case("short_60ms", u + ["--audio", f"{d}/short.wav"], category="audio"),
         Case("tone_192k", u + ["--audio", f"{d}/tone192k.wav"], category="audio", allow_success=True),
@@ -87,7 +91,7 @@ def cases(d: Path) -> list[Case]:
         Case("silent", u + ["--audio", f"{d}/silent.wav"], category="audio"),
         Case("over_60s", u + ["--audio", f"{d}/long.wav"], category="audio"),
         Case("not_audio", u + ["--audio", f"{d}/noise.wav"], category="audio"),
-        Case("text_bad_byte", u + ["--text", "play \udcff jazz"], category="text"),
+        Case("text_bad_byte", u + ["--text", "play \udcff jazz"], category="text", expect="not valid UTF-8"),
         Case("text_empty", u + ["--text", "   "], category="text"),
         Case("text_long", u + ["--text", "a " * 800], category="text"),
         Case("text_nul", u + ["--text", "play\x01 \x00jazz"], category="text"),
@@ -109,6 +113,9 @@ def cases(d: Path) -> list[Case]:
         Case("set_lr_inf", tr + ["--out", f"{d}/m4.pt", "--set", "train.lr=inf"], [f"{d}/m4.pt"], category="config"),
         Case("set_dim_negative", tr + ["--out", f"{d}/m5.pt", "--set", "model.dim=-4"], [f"{d}/m5.pt"], category="config"),
         Case("set_unknown_key", tr + ["--out", f"{d}/m6.pt", "--set", "train.lrr=0.1"], [f"{d}/m6.pt"], category="config"),
+        Case("resume_other_architecture", ["assistant", "train", f"{d}/train.jsonl", "--out", f"{d}/resumed.pt",
+                                           "--resume", "--epochs", "2"], [f"{d}/resumed.pt"], category="config",
+             expect=r"--resume: .*saved by a different model architecture .*missing"),
         Case("out_inside_file", tr + ["--out", f"{d}/file_not_dir/m.pt"], category="output"),
         Case("out_is_folder", tr + ["--out", f"{d}/out_dir.pt"], category="output"),
         Case("synth_limit_0", ["assistant", "synth", f"{d}/synth0", "--from", f"{d}/good.jsonl", "--limit", "0"],

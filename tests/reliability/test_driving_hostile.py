@@ -62,6 +62,8 @@ def make_files(d: Path) -> None:
     _replace(_kitti_copy(d / "bomb_image"), "image_2", f"{FRAME}.png", lambda p: shutil.copy(d / "mp192.png", p))
     _replace(_kitti_copy(d / "no_calib"), "calib", f"{FRAME}.txt", lambda p: None)
     _kitti_copy(d / "good")
+    _kitti_copy(d / "good4", ("000000", "000001", "000002", "000003"))
+    H.foreign_resume_state(d / "resumed.pt", "driving")
     # checkpoints
     def model_config(**kw):
         return lambda b: b["config"]["model"].update(kw)
@@ -97,12 +99,13 @@ def cases(d: Path) -> list[Case]:
         Case("calib_fifo", single(lidar, image, f"{d}/fifo.txt"), category="special file"),
         Case("image_dev_zero", single(lidar, f"{d}/zero.png"), category="special file"),
         Case("oxts_dev_zero", single(lidar, image, calib, "--oxts", f"{d}/zero.txt"), category="special file"),
-        Case("lidar_12M_points", single(f"{d}/huge.bin"), category="budget"),
-        Case("png_99_megapixels", single(lidar, f"{d}/mp99.png"), category="budget"),
-        Case("png_192_megapixels", single(lidar, f"{d}/mp192.png"), category="budget"),
+        Case("lidar_12M_points", single(f"{d}/huge.bin"), category="budget", expect="at most 10,000,000 points"),
+        Case("png_99_megapixels", single(lidar, f"{d}/mp99.png"), category="budget", expect="pixel limit"),
+        Case("png_192_megapixels", single(lidar, f"{d}/mp192.png"), category="budget", expect="pixel limit"),
         Case("png_garbage", single(lidar, f"{d}/not_png.png"), category="format"),
         Case("lidar_nan", single(f"{d}/nan.bin"), category="format"),
-        Case("point_dims_5_on_kitti", single(f"{d}/kitti_div5.bin", image, calib, "--point-dims", "5"), category="option"),
+        Case("point_dims_5_on_kitti", single(f"{d}/kitti_div5.bin", image, calib, "--point-dims", "5"), category="option",
+             expect="--point-dims 5 does not fit"),
         Case("point_dims_3", single(lidar, image, calib, "--point-dims", "3"), category="option"),
         Case("calib_0xff", single(lidar, image, f"{d}/calib_ff.txt"), category="text"),
         Case("calib_missing_P2", single(lidar, image, f"{d}/calib_missing.txt"), category="format"),
@@ -121,6 +124,9 @@ def cases(d: Path) -> list[Case]:
         Case("evaluate_limit_negative", ["driving", "evaluate", f"{d}/good", "--limit", "-2"], category="option"),
         Case("train_out_inside_file", ["driving", "train", f"{d}/good", "--out", f"{d}/file_not_dir/m.pt"],
              category="output"),
+        Case("resume_other_architecture", ["driving", "train", f"{d}/good4", "--out", f"{d}/resumed.pt", "--resume",
+                                           "--epochs", "2"], [f"{d}/resumed.pt"], category="config",
+             expect=r"--resume: .*saved by a different model architecture .*missing"),
         Case("train_lr_nan", ["driving", "train", f"{d}/good", "--out", f"{d}/m1.pt", "--set", "train.lr=nan"],
              [f"{d}/m1.pt"], category="config"),
         Case("train_width_negative", ["driving", "train", f"{d}/good", "--out", f"{d}/m2.pt", "--set", "model.width=-4"],

@@ -62,6 +62,8 @@ def make_files(d: Path) -> None:
     row = {"patient_id": "P1", "label": 1, "ct": PATIENT / "ct", "record": PATIENT / "record.json",
            "oracle_probability": 0.4}
     _cohort(d / "cohort_good", [row, {**row, "patient_id": "P2", "label": 0}])
+    _cohort(d / "cohort4", [{**row, "patient_id": f"P{i}", "label": i % 2} for i in range(4)])
+    H.foreign_resume_state(d / "resumed.pt", "medical")
     _cohort(d / "cohort_oracle_str", [{**row, "oracle_probability": "abc"}, {**row, "patient_id": "P2", "label": 0}])
     _cohort(d / "cohort_label_str", [{**row, "label": "maybe"}, {**row, "patient_id": "P2", "label": 0}])
     _cohort(d / "cohort_ct_zero", [{**row, "ct": d / "zero.dcm"}, {**row, "patient_id": "P2", "label": 0}])
@@ -91,12 +93,12 @@ def cases(d: Path) -> list[Case]:
     ct, rec = str(PATIENT / "ct"), str(PATIENT / "record.json")
     tr = ["medical", "train", f"{d}/cohort_good"]
     c = [
-        Case("dicom_deflate_bomb", p + [f"{d}/deflate_bomb.dcm"], category="budget"),
-        Case("dicom_huge_header", p + [f"{d}/huge_header.dcm"], category="budget"),
+        Case("dicom_deflate_bomb", p + [f"{d}/deflate_bomb.dcm"], category="budget", expect="decompression bomb"),
+        Case("dicom_huge_header", p + [f"{d}/huge_header.dcm"], category="budget", expect="voxel limit"),
         Case("dicom_series_over_budget", p + [f"{d}/huge_series"], category="budget"),
         Case("dicom_garbage_tags", p + [f"{d}/garbage_tags.dcm"], category="format"),
         Case("dicom_random_bytes", p + [f"{d}/not_dicom.dcm"], category="format"),
-        Case("nifti_gz_bomb", p + [f"{d}/bomb.nii.gz"], category="budget"),
+        Case("nifti_gz_bomb", p + [f"{d}/bomb.nii.gz"], category="budget", expect="voxel limit"),
         Case("mri_nifti_gz_bomb", p + [ct, "--mri", f"{d}/bomb.nii.gz"], category="budget"),
         Case("study_fifo_dcm", p + [f"{d}/fifo.dcm"], category="special file"),
         Case("study_fifo_nii", p + [f"{d}/fifo.nii"], category="special file"),
@@ -120,6 +122,9 @@ def cases(d: Path) -> list[Case]:
         Case("evaluate_label_not_number", ["medical", "evaluate", f"{d}/cohort_label_str"], category="typing"),
         Case("evaluate_ct_dev_zero", ["medical", "evaluate", f"{d}/cohort_ct_zero"], category="special file"),
         Case("train_out_inside_file", tr + ["--out", f"{d}/file_not_dir/m.pt"], category="output"),
+        Case("resume_other_architecture", ["medical", "train", f"{d}/cohort4", "--out", f"{d}/resumed.pt", "--resume",
+                                           "--epochs", "2"], [f"{d}/resumed.pt"], category="config",
+             expect=r"--resume: .*saved by a different model architecture .*missing"),
         Case("train_lr_nan", tr + ["--out", f"{d}/m1.pt", "--set", "train.lr=nan"], [f"{d}/m1.pt"], category="config"),
         Case("train_encoder_dim_negative", tr + ["--out", f"{d}/m2.pt", "--set", "model.encoder_dim=-4"],
              [f"{d}/m2.pt"], category="config"),
