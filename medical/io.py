@@ -139,8 +139,11 @@ def _load_dicom(path: str | Path, require_ct: bool) -> Volume:
         for f, ds in headers:
             series.setdefault(str(ds.get("SeriesInstanceUID", "unknown")), []).append((f, ds))
         if len(series) > 1:
-            uid, items = max(series.items(), key=lambda kv: len(kv[1]))
-            warnings.append(f"{path}: {len(series)} series mixed in one folder; using the largest "
+            # The largest series, but a CT one when a CT is required (an MR series with more slices would
+            # otherwise be picked and then refused as 'not CT').
+            uid, items = max(series.items(), key=lambda kv: (not require_ct or _modality(kv[1][0][1]) == "CT",
+                                                             len(kv[1])))
+            warnings.append(f"{path}: {len(series)} series mixed in one folder; using the largest{' CT' if require_ct else ''} "
                             f"({len(items)} of {len(headers)} files, SeriesInstanceUID {uid})")
         else:
             items = next(iter(series.values()))
@@ -216,6 +219,10 @@ def _load_dicom(path: str | Path, require_ct: bool) -> Volume:
     if not np.isfinite(vol).all():
         raise UserError(f"{path}: pixel data contains NaN or infinite values")
     return Volume(vol.astype(np.float32), spacing, modality, str(path), warnings, affine, tags)
+
+
+def _modality(ds) -> str:
+    return str(ds.get("Modality", "")).upper()
 
 
 def _consistent_run(pos: np.ndarray) -> tuple[np.ndarray, float, str]:
