@@ -125,6 +125,14 @@ def cases(d: Path) -> list[Case]:
         Case("synth_out_is_file", ["assistant", "synth", f"{d}/file_not_dir", "--from", f"{d}/good.jsonl"],
              category="output"),
     ]
+    c += [
+        Case("shard_out_of_range", ev + [f"{d}/good.jsonl", "--shard", "5/2"], category="option"),
+        Case("shard_garbage", ev + [f"{d}/good.jsonl", "--shard", "half"], category="option"),
+        Case("workers_zero", ev + [f"{d}/good.jsonl", "--workers", "0"], category="option"),
+        Case("device_unknown", u + ["--text", "play jazz", "--device", "tpu"], category="option"),
+        Case("model_fifo", u + ["--text", "play jazz", "--model", f"{d}/fifo.wav"], category="special file"),
+        Case("model_dev_zero", u + ["--text", "play jazz", "--model", f"{d}/zero.wav"], category="special file"),
+    ]
     ck = ["ck_model_str", "ck_neg_dim", "ck_vocab_huge", "ck_width_huge", "ck_fusion", "ck_dim_str", "ck_no_vocab",
           "ck_vocab_int", "ck_threshold", "ck_threshold_nan", "ck_lm_garbage", "ck_intents_short", "ck_nan"]
     c += [Case(n, u + ["--audio", str(ROOT / "data/assistant/samples/sample1.wav"), "--text", "play jazz",

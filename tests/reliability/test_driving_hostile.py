@@ -135,6 +135,13 @@ def cases(d: Path) -> list[Case]:
              [f"{d}/m3.pt"], category="config"),
         Case("synth_out_is_file", ["driving", "synth", f"{d}/file_not_dir", "--frames", "1"], category="output"),
     ]
+    c += [
+        Case("shard_out_of_range", ["driving", "evaluate", f"{d}/good", "--shard", "2/2"], category="option"),
+        Case("workers_zero", ["driving", "evaluate", f"{d}/good", "--workers", "0"], category="option"),
+        Case("device_unknown", single(lidar, image, calib, "--device", "tpu"), category="option"),
+        Case("model_fifo", single(lidar, image, calib, "--model", f"{d}/fifo.bin"), category="special file"),
+        Case("model_dev_zero", single(lidar, image, calib, "--model", f"{d}/zero.bin"), category="special file"),
+    ]
     ck = ["ck_model_str", "ck_image_huge", "ck_range_huge", "ck_cell_zero", "ck_width_neg", "ck_width_huge",
           "ck_fusion", "ck_classes_int", "ck_stride_str", "ck_nan"]
     c += [Case(n, single() + ["--model", f"{d}/{n}.pt"], category="checkpoint") for n in ck]

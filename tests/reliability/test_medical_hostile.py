@@ -134,6 +134,13 @@ def cases(d: Path) -> list[Case]:
              category="config"),
         Case("synth_out_is_file", ["medical", "synth", f"{d}/file_not_dir", "--patients", "1"], category="output"),
     ]
+    c += [
+        Case("shard_out_of_range", ["medical", "evaluate", f"{d}/cohort_good", "--shard", "-1/3"], category="option"),
+        Case("workers_zero", ["medical", "evaluate", f"{d}/cohort_good", "--workers", "0"], category="option"),
+        Case("device_unknown", p + [ct, "--device", "tpu"], category="option"),
+        Case("model_fifo", p + [ct, "--model", f"{d}/fifo.json"], category="special file"),
+        Case("model_dev_zero", p + [ct, "--model", f"{d}/zero.json"], category="special file"),
+    ]
     ck = ["ck_model_str", "ck_encoder_dim_neg", "ck_channels_huge", "ck_fusion", "ck_modalities_int", "ck_grid_huge",
           "ck_meta_prevalence_str", "ck_meta_prevalence_nan", "ck_nan"]
     c += [Case(n, p + [ct, "--record", rec, "--model", f"{d}/{n}.pt"], category="checkpoint") for n in ck]
