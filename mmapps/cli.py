@@ -88,6 +88,9 @@ def demo(out: Path = typer.Option(Path("demo_out"), "--out", help="folder for th
     for s in chosen:
         if s not in list_scenarios():
             fail(f"--only: unknown scenario {s!r}; choose from {', '.join(list_scenarios())}")
+    from .cli_utils import check_output_dir
+
+    run_command(check_output_dir, out)  # an --out that is a file or unwritable: one error before any work
     results, failed = {}, []
     for s in chosen:
         t0 = time.perf_counter()
