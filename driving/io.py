@@ -420,8 +420,13 @@ def load_frame(split: Path, frame_id: str, labels: bool = True, dims: int = 4) -
     if not vel.exists():
         raise UserError(f"{vel}: frame {frame_id} not found")
     calib_path = split / "calib" / f"{frame_id}.txt"
-    calib = read_calib(calib_path)
     img_path = split / "image_2" / f"{frame_id}.png"
+    missing = [f"{p.parent.name}/{p.name}: {what} not found" for p, what in ((calib_path, "calibration"),
+               (img_path, "image")) if not p.exists() and not p.is_symlink()]
+    if missing:  # velodyne/ has the frame, the rest does not: say so instead of one bare 'not found'
+        raise UserError(f"{split}: frame {frame_id} is incomplete ({'; '.join(missing)}; velodyne/{frame_id}.bin "
+                        f"exists): an interrupted synth or copy? Complete or remove the frame")
+    calib = read_calib(calib_path)
     image = read_image(img_path)
     calib.check_image(image.shape, img_path)
     points = read_velodyne(vel, dims)
