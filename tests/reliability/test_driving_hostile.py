@@ -113,7 +113,7 @@ def cases(d: Path) -> list[Case]:
         Case("bomb_image_in_folder", p + [f"{d}/bomb_image", "--out", f"{d}/out_bomb"], [f"{d}/out_bomb/{FRAME}.txt"],
              category="budget"),
         Case("fifo_oxts_in_folder", p + [f"{d}/fifo_oxts"], category="special file"),
-        Case("missing_calib_in_folder", p + [f"{d}/no_calib"], category="format"),
+        Case("missing_calib_in_folder", p + [f"{d}/no_calib"], category="format", expect="frame 000000 is incomplete"),
         Case("out_is_file", p + [f"{d}/good", "--out", f"{d}/file_not_dir"], category="output"),
         Case("out_inside_file", p + [f"{d}/good", "--out", f"{d}/file_not_dir/sub"], category="output"),
         Case("evaluate_fifo_label", ["driving", "evaluate", f"{d}/fifo_label", "--no-ablations"], category="special file"),
