@@ -48,6 +48,8 @@ def make_files(d: Path) -> None:
                                        for i in ("PlayMusic", "GetWeather") * 6))
     H.foreign_resume_state(d / "resumed.pt", "assistant")
     H.write(d / "file_not_dir", "x")
+    H.sparse_file(d / "nul_250mb.jsonl", 250 * 2**20)  # under the 256 MiB text cap: read, then refused
+    H.sparse_file(d / "nul_300mb.jsonl", 300 * 2**20)  # over the cap: refused from its size
     (d / "out_dir.pt").mkdir()
     # checkpoints
     def model_config(**kw):
@@ -126,6 +128,8 @@ def cases(d: Path) -> list[Case]:
              category="output"),
     ]
     c += [
+        Case("manifest_250mb_of_nul", ev + [f"{d}/nul_250mb.jsonl"], category="budget"),
+        Case("manifest_300mb_of_nul", ev + [f"{d}/nul_300mb.jsonl"], category="budget", expect="limit"),
         Case("shard_out_of_range", ev + [f"{d}/good.jsonl", "--shard", "5/2"], category="option"),
         Case("shard_garbage", ev + [f"{d}/good.jsonl", "--shard", "half"], category="option"),
         Case("workers_zero", ev + [f"{d}/good.jsonl", "--workers", "0"], category="option"),
