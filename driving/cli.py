@@ -53,6 +53,7 @@ def train(data: Path = typer.Argument(..., help="KITTI folder with training/{vel
           epochs: Optional[int] = typer.Option(None, "--epochs"),
           val: Optional[Path] = typer.Option(None, "--val", help="separate validation KITTI folder (default: 10 % split)"),
           resume: bool = typer.Option(False, "--resume", help="continue from the last end-of-epoch state"),
+          init: Optional[Path] = typer.Option(None, "--init", help="warm-start from this driving checkpoint (same-shape weights)"),
           device: str = DEVICE_OPT,
           json_out: bool = JSON_OPT):
     """Train the camera+lidar BEV fusion detector with the core Trainer (works under torchrun)."""
@@ -71,7 +72,7 @@ def train(data: Path = typer.Argument(..., help="KITTI folder with training/{vel
             overrides.append(f"train.epochs={epochs}")
         overrides.append(f'train.device="{device}"')
         s = load_config(TrainSettings, config, overrides)
-        return train_fn(data, out, s.model, s.train, val=val, resume=resume)
+        return train_fn(data, out, s.model, s.train, val=val, resume=resume, init=init)
 
     res = run_command(go)
     import os
@@ -172,6 +173,7 @@ class PerceiveOptions:
     model: Optional[Path] = None
     method: str = "learned"
     device: str = "auto"
+    modalities: str = "lidar,camera"
 
 
 def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
@@ -191,7 +193,8 @@ def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
     if opts.out is not None:
         check_output_dir(opts.out)
     loaders, used = source.loaders()
-    pipe = load_pipeline(opts.model, opts.device, opts.method)
+    pipe = load_pipeline(opts.model, opts.device, opts.method,
+                         modalities=[m.strip() for m in opts.modalities.split(",") if m.strip()])
     tracker = Tracker()
     staging = None
     if opts.out is not None:
@@ -232,11 +235,12 @@ def perceive(input: Optional[Path] = typer.Argument(None, help="KITTI folder (ro
              point_dims: int = typer.Option(4, "--point-dims", help="4 (KITTI) or 5 (nuScenes .bin)"),
              model: Optional[Path] = MODEL_OPT,
              method: str = typer.Option("learned", "--method", help="learned or classical"),
+             modalities: str = typer.Option("lidar,camera", "--modalities", help="sensors the learned model uses: lidar,camera or lidar"),
              device: str = DEVICE_OPT,
              json_out: bool = JSON_OPT):
     """Detect objects in each frame: KITTI result file, BEV and camera pictures (with --out), JSON with latency."""
     source = FrameSource(input, frame, lidar, image, calib, oxts, point_dims)
-    results = run_command(run_perceive, source, PerceiveOptions(out, model, method, device))
+    results = run_command(run_perceive, source, PerceiveOptions(out, model, method, device, modalities))
     if json_out:
         for res in results:
             emit_json(res)

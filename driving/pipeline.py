@@ -39,7 +39,8 @@ class Pipeline(BasePipeline):
     config_class = DetectorConfig
 
     def __init__(self, model, config, meta=None, device="auto", path=None, *, method: str = "learned",
-                 score_thresh: float = 0.3, threads: int | None = 1, classical_config: ClassicalConfig | None = None):
+                 score_thresh: float = 0.3, threads: int | None = 1, classical_config: ClassicalConfig | None = None,
+                 modalities=MODALITIES):
         """Args (beyond the core ones):
             method: "learned" (the checkpoint's detector) or "classical" (the open3d baseline).
             score_thresh: detections scoring below it are dropped.
@@ -47,6 +48,8 @@ class Pipeline(BasePipeline):
                 one core, and on shared CPUs multi-threaded kernels stall at their barriers (measured: 42 ms median
                 with 1 thread vs 170 ms with 2 while other jobs ran).
             classical_config: the baseline's parameters.
+            modalities: the sensors the learned model uses by default ("lidar", "camera"); ("lidar",) gates the
+                camera off (the same model with the camera masked, as in the ablation).
         """
         check_choice("--method", method, METHODS)
         if method == "learned" and model is None:
@@ -56,6 +59,9 @@ class Pipeline(BasePipeline):
         self.score_thresh = score_thresh
         self.threads = threads
         self.classical_config = classical_config or ClassicalConfig()
+        for m in modalities:
+            check_choice("--modalities", m, MODALITIES)
+        self.modalities = tuple(modalities)
 
     @classmethod
     def build_model(cls, config: DetectorConfig) -> BEVFusionDetector:
@@ -79,7 +85,7 @@ class Pipeline(BasePipeline):
             torch.set_num_threads(before)
 
     # -- the three steps --------------------------------------------------------------------------
-    def preprocess(self, frame: Frame, modalities=MODALITIES) -> dict:
+    def preprocess(self, frame: Frame, modalities=None) -> dict:
         """Args:
             frame: a loaded Frame (points [N, 4] float32, image [H, W, 3] uint8, calib).
             modalities: the modalities the model may use (an ablation masks the others).
@@ -89,6 +95,7 @@ class Pipeline(BasePipeline):
         """
         if self.method == "classical":
             return {"frame": frame}
+        modalities = self.modalities if modalities is None else modalities
         s = make_sample(frame, self.config)
         dev = self.device
         batch = {"lidar": s["lidar"][None].to(dev), "camera": s["camera"][None].to(dev), "proj": s["proj"][None].to(dev),
@@ -136,9 +143,9 @@ class Pipeline(BasePipeline):
         return {"frame": frame.id, "objects": objects, "method": self.method, "kitti": labels}
 
     # -- public API ----------------------------------------------------------------------------------
-    def detect(self, frame: Frame, modalities=MODALITIES) -> list[dict]:
+    def detect(self, frame: Frame, modalities=None) -> list[dict]:
         """Args:
-            frame: a loaded Frame; modalities: those the model may use ("lidar", "camera").
+            frame: a loaded Frame; modalities: those the model may use (default: the pipeline's ``modalities``).
         Returns:
             [{"class", "score", "box3d": array[7] (x, y, z, l, w, h, yaw; lidar frame)}], camera-view objects
             scoring >= score_thresh.

@@ -26,15 +26,26 @@ class FrameDataset(torch.utils.data.Dataset):
     so the detector cannot learn where objects usually are or which way they usually point."""
 
     def __init__(self, split, ids, cfg: DetectorConfig, augment: bool = False, seed: int = 0):
-        self.split, self.ids, self.cfg, self.augment = Path(split), list(ids), cfg, augment
+        self.split, self.ids, self.cfg, self.augment, self.seed = Path(split), list(ids), cfg, augment, seed
         self.rng = np.random.default_rng(seed)  # one stream: same seed and order -> same augmentations
+        self._worker_rng: tuple[int, np.random.Generator] | None = None
 
     def __len__(self):
         return len(self.ids)
 
+    def _stream(self) -> np.random.Generator:
+        """DataLoader workers each hold a copy of the dataset: give each its own seeded stream, or they would all
+        draw the same augmentations."""
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return self.rng
+        if self._worker_rng is None or self._worker_rng[0] != info.id:
+            self._worker_rng = (info.id, np.random.default_rng([self.seed, info.id]))
+        return self._worker_rng[1]
+
     def __getitem__(self, i):
         frame = load_frame(self.split, self.ids[i])
-        transform = augmentation(self.rng) if self.augment else None
+        transform = augmentation(self._stream()) if self.augment else None
         return make_sample(frame, self.cfg, targets=True, transform=transform)
 
 
@@ -69,13 +80,37 @@ def validation_ap(split, ids, cfg: DetectorConfig):
     return eval_fn
 
 
+def warm_start(model: torch.nn.Module, path) -> dict:
+    """Initialise from another driving checkpoint: tensors of the same shape are copied, tensors whose shape changed
+    (e.g. a head with a new channel, a conv that lost its coordinate inputs) get the overlapping leading slice.
+    Returns {"copied", "sliced", "new"} counts."""
+    from mmapps.checkpoint import load_checkpoint
+
+    old = load_checkpoint(path)["state_dict"]
+    state = model.state_dict()
+    counts = {"copied": 0, "sliced": 0, "new": 0}
+    with torch.no_grad():
+        for name, tensor in state.items():
+            src = old.get(name)
+            if src is None or src.ndim != tensor.ndim:
+                counts["new"] += 1
+            elif src.shape == tensor.shape:
+                tensor.copy_(src)
+                counts["copied"] += 1
+            else:
+                region = tuple(slice(0, min(a, b)) for a, b in zip(src.shape, tensor.shape))
+                tensor[region].copy_(src[region])
+                counts["sliced"] += 1
+    return counts
+
+
 def checkpoint_config(detector: DetectorConfig) -> dict:
     """The checkpoint's config section: the scenario key and the detector config the model is rebuilt from."""
     return {"scenario": "driving", "model": detector.to_dict()}
 
 
 def train(data, out, detector: DetectorConfig, train_cfg: TrainConfig, val=None, val_fraction: float = 0.1,
-          resume: bool = False, quiet: bool = False) -> dict:
+          resume: bool = False, quiet: bool = False, init=None) -> dict:
     """Train the fusion detector with the core Trainer; returns the history summary.
 
     Args:
@@ -83,6 +118,7 @@ def train(data, out, detector: DetectorConfig, train_cfg: TrainConfig, val=None,
         out: checkpoint path to write.
         detector: the model config; train_cfg: the core TrainConfig.
         val: optional separate labelled KITTI folder; otherwise ``val_fraction`` of ``data`` (core split).
+        init: optional driving checkpoint to warm-start from (``warm_start``).
     Returns:
         {"out", "epochs", "history" (last epoch's metrics), "train_frames", "val_frames"}.
     """
@@ -100,9 +136,12 @@ def train(data, out, detector: DetectorConfig, train_cfg: TrainConfig, val=None,
     for fid in tids[:1]:
         if load_frame(split, fid).labels is None:
             raise UserError(f"{split / 'label_2'}: training needs label_2 files")
+    torch.manual_seed(train_cfg.seed)  # the initial weights too
     model = BEVFusionDetector(detector)
+    warm = warm_start(model, init) if init is not None else None
     trainer = Trainer(model, train_cfg, out, meta={"classes": list(detector.classes), "data": str(split),
-                                                   "train_frames": len(tids), "val_frames": len(vids or [])},
+                                                   "train_frames": len(tids), "val_frames": len(vids or []),
+                                                   "init": None if init is None else {"from": str(init), **warm}},
                       model_config=checkpoint_config(detector), input_keys=("lidar", "camera"), quiet=quiet,
                       eval_fn=validation_ap(vsplit, vids, detector) if vids and train_cfg.monitor == "val_ap" else None)
     history = trainer.fit(FrameDataset(split, tids, detector, augment=True, seed=train_cfg.seed),

@@ -220,3 +220,12 @@ def test_train_cli_resume_and_reload(syn_root, tmp_path):
     assert pipe.config.width == 8 and pipe.config.fusion == "weighted"
     r = runner.invoke(app, ["train", str(syn_root), "--out", str(out), "--fusion", "concatt"])
     assert r.exit_code == 2 and "did you mean 'concat'" in r.stderr
+
+
+@needs_model
+def test_camera_can_be_gated_off(syn_root):
+    r = runner.invoke(app, ["perceive", str(syn_root), "--frame", "000000", "--modalities", "lidar", "--json"])
+    assert r.exit_code == 0, r.output
+    assert _lines(r.stdout)[0]["frame"] == "000000"
+    r = runner.invoke(app, ["perceive", str(syn_root), "--frame", "000000", "--modalities", "lidar,radar"])
+    assert r.exit_code == 2 and "--modalities must be one of" in r.stderr

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from driving import io
-from driving.boxes import decode, encode_targets, rotated_nms
+from driving.boxes import decode, rotated_nms
 from driving.classical import classical_detect
 from driving.models import BEVFusionDetector, DetectorConfig
 from driving.preprocess import augmentation, gt_boxes, lidar_bev, make_sample, transform_boxes
@@ -155,3 +155,19 @@ def test_dataset_augments_on_the_fly(syn_root):
     assert a["targets"]["mask"].sum() > 0
     again = FrameDataset(io.resolve_split(syn_root), ["000000"], DetectorConfig(), augment=True, seed=0)
     assert torch.equal(again[0]["lidar"], a["lidar"])  # same seed, same augmentations
+
+
+def test_warm_start_copies_matching_and_slices_changed_tensors():
+    import torch as th
+
+    from driving.train import warm_start
+    from mmapps.paths import data_dir
+
+    path = data_dir() / "driving" / "model.pt"
+    model = BEVFusionDetector(DetectorConfig())
+    counts = warm_start(model, path)
+    old = th.load(path, weights_only=True)["state_dict"]
+    assert counts["sliced"] >= 2 and counts["copied"] > 50
+    assert th.equal(model.state_dict()["camera.cnn.0.0.weight"], old["camera.cnn.0.0.weight"])
+    w = model.state_dict()["b2.0.weight"]  # lost the two coordinate input channels
+    assert w.shape[1] == old["b2.0.weight"].shape[1] - 2 and th.equal(w, old["b2.0.weight"][:, : w.shape[1]])
