@@ -51,6 +51,7 @@ def normalize_transcript(text: str) -> str:
     t = re.sub(r"[\"“”!?,;()\[\]{}…]", " ", t)
     t = re.sub(r"(?<!\d)[.:](?!\d)", " ", t)  # sentence dots and colons, not 10.5 or 10:30
     t = re.sub(r"\s-+\s|^-+|-+$", " ", t)
+    t = re.sub(r"(?<=\d)-(?=[a-z])|(?<=[a-z])-(?=\d)", " ", t)  # "12-ounce" -> "12 ounce"; "top-rated" stays
     return " ".join(t.split())
 
 
@@ -63,15 +64,25 @@ def wer_form(text: str) -> list[str]:
 
 
 def build_asr_prompt(examples: list[dict], max_words: int = 40) -> str:
-    """A short domain prompt for Whisper from the training data: one short utterance per intent (the most frequent
-    first word pattern), so the decoder expects this vocabulary. Deterministic for the same data."""
-    by_intent: dict[str, list[str]] = {}
+    """A short domain prompt for Whisper from the training data: per intent, the 5-9 word utterance whose slot
+    values are the most frequent ones (the domain's usual names, e.g. "spotify", "tomorrow"), so the decoder
+    expects this vocabulary without being steered towards rare names. Deterministic for the same data."""
+    from collections import Counter
+
+    counts = Counter(w for e in examples if e.get("intent") != "oos" for w in e["tokens"])
+    best: dict[str, tuple[float, str]] = {}
     for e in examples:
-        if e.get("intent") and e["intent"] != "oos" and 4 <= len(e["tokens"]) <= 9:
-            by_intent.setdefault(e["intent"], []).append(" ".join(e["tokens"]))
+        toks = e["tokens"]
+        slot_words = [w for w, t in zip(toks, e.get("tags") or []) if t != "O"]
+        if (e.get("intent") and e["intent"] != "oos" and 5 <= len(toks) <= 9 and len(slot_words) >= 2
+                and all(a != b for a, b in zip(toks, toks[1:]))):
+            score = float(np.mean([np.log(counts[w]) for w in slot_words]))  # the usual slot values
+            text = " ".join(toks)
+            if e["intent"] not in best or (score, text) > best[e["intent"]]:
+                best[e["intent"]] = (score, text)
     parts, n = [], 0
-    for intent in sorted(by_intent):
-        text = sorted(by_intent[intent], key=lambda s: (len(s), s))[len(by_intent[intent]) // 2]
+    for intent in sorted(best):
+        text = best[intent][1]
         if n + len(text.split()) > max_words:
             break
         parts.append(text[0].upper() + text[1:] + ".")
@@ -125,6 +136,11 @@ def whisper_model_dir() -> Path:
     return target
 
 
+# fast read speech is ~4 words (~5 tokens) a second; more than this budget means a decoding loop
+TOKENS_PER_SECOND = 8
+MAX_TOKENS = 200  # Whisper's 448-token context also holds the prompt
+
+
 class WhisperRecognizer:
     """Whisper base, int8 on CPU, English, temperature 0, beam search, word timestamps and word probabilities,
     with the checkpoint's domain prompt. The loaded model is shared per process."""
@@ -147,10 +163,13 @@ class WhisperRecognizer:
 
     def transcribe(self, x: np.ndarray) -> tuple[str, list[dict]]:
         """16 kHz float waveform -> (normalised transcript, [{"word", "start", "end", "probability"}])."""
+        x = np.asarray(x, dtype=np.float32)
+        # Silero VAD (bundled with faster-whisper) first: a tone or noise gives no speech segment instead of a
+        # hallucinated sentence; and a token budget from the duration, so a decoding loop cannot run for minutes
         segments, _ = self.model.transcribe(
-            np.asarray(x, dtype=np.float32), language="en", task="transcribe", temperature=0.0,
-            beam_size=self.beam_size, word_timestamps=True, initial_prompt=self.prompt,
-            condition_on_previous_text=False, vad_filter=False)
+            x, language="en", task="transcribe", temperature=0.0, beam_size=self.beam_size,
+            word_timestamps=True, initial_prompt=self.prompt, condition_on_previous_text=False, vad_filter=True,
+            max_new_tokens=min(MAX_TOKENS, int(TOKENS_PER_SECOND * len(x) / SAMPLE_RATE) + 16))
         words = []
         for seg in segments:
             for w in seg.words or []:
@@ -255,6 +274,22 @@ def get_recognizer(name: str, meta: dict):
     return PocketsphinxRecognizer(meta.get("lm_text"))
 
 
+MAX_WORDS_PER_SECOND = 6.0  # faster than any speaker: the transcript is a hallucinated loop
+MAX_COMPRESSION = 2.4  # Whisper's own repetition test: zlib ratio of a looping transcript is high
+
+
+def is_garbled(text: str, seconds: float) -> bool:
+    """A transcript no speaker could have said in ``seconds``: too many words, or a repeating loop."""
+    import zlib
+
+    words = text.split()
+    if not words:
+        return False
+    raw = text.encode("utf-8")
+    return len(words) > MAX_WORDS_PER_SECOND * max(seconds, 0.5) or (
+        len(raw) > 40 and len(raw) / len(zlib.compress(raw)) > MAX_COMPRESSION)
+
+
 def asr_confidence(words: list[dict]) -> float | None:
     """Geometric mean of the word probabilities (None when the ASR gives none): one unsure word pulls it down."""
     probs = [w["probability"] for w in words if "probability" in w]
@@ -262,6 +297,3 @@ def asr_confidence(words: list[dict]) -> float | None:
         return None
     return float(np.exp(np.mean(np.log(np.clip(probs, 1e-6, 1.0)))))
 
-
-def audio_seconds(x: np.ndarray) -> float:
-    return len(x) / SAMPLE_RATE

@@ -14,7 +14,7 @@ from mmapps.checkpoint import CheckpointError
 from mmapps.errors import UserError
 from mmapps.pipeline import Pipeline as BasePipeline, check_finite_output
 
-from .asr import ASR_CHOICES, asr_confidence, get_recognizer
+from .asr import ASR_CHOICES, asr_confidence, get_recognizer, is_garbled
 from .io import OOS, SAMPLE_RATE, check_text, decode_audio, load_audio, spans, tokenize
 from .models import ModelConfig, TextEmbedder, bio_viterbi, build_model, char_codes, collate, log_mel
 
@@ -202,7 +202,8 @@ class Pipeline(BasePipeline):
             transcript, words = self.asr.transcribe(x)
             if not transcript and text is None:
                 raise UserError(f"{name}: no speech recognised in the audio ({len(x) / SAMPLE_RATE:.2f} s)")
-            conf = asr_confidence(words)
+            # a looping or impossible transcript counts as not understood, whatever its word probabilities
+            conf = 0.0 if is_garbled(transcript, len(x) / SAMPLE_RATE) else asr_confidence(words)
             # the audio branch is used only when the checkpoint trained it (a text-only model would see noise)
             mel = log_mel(x) if self.meta.get("audio_trained", True) else None
         tokens = tokenize(text) if text is not None else tokenize(transcript or "")

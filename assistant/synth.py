@@ -37,7 +37,41 @@ def speak(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50, sn
     if p.returncode != 0 or not p.stdout:
         raise UserError(f"espeak-ng failed for voice {voice!r}: {p.stderr.decode(errors='replace').strip()[:120]}")
     x, sr = sf.read(io.BytesIO(p.stdout), dtype="float32")
-    x = resample(x if x.ndim == 1 else x.mean(1), sr)
+    return _add_noise(resample(x if x.ndim == 1 else x.mean(1), sr), snr_db, seed)
+
+
+FESTIVAL_VOICES = ("kal_diphone", "ked_diphone")  # Debian festvox-kallpc16k / festvox-kdlpc16k, 16 kHz
+
+
+def festival_available() -> bool:
+    return shutil.which("text2wave") is not None
+
+
+def speak_festival(text: str, voice: str = "kal_diphone", snr_db: float = 30.0, seed: int = 0) -> np.ndarray:
+    """Text -> float32 mono 16 kHz waveform with a festival diphone voice (text2wave), plus white noise."""
+    import tempfile
+
+    import soundfile as sf
+
+    from .io import resample
+
+    if not festival_available():
+        raise UserError("festival is not installed (apt-get install festival festvox-kallpc16k festvox-kdlpc16k)")
+    if voice not in FESTIVAL_VOICES:
+        raise UserError(f"festival voice must be one of {', '.join(FESTIVAL_VOICES)}; got {voice!r}")
+    with tempfile.TemporaryDirectory() as tmp:  # text2wave seeks in its output: a real file, not a pipe
+        (Path(tmp) / "in.txt").write_text(text, encoding="utf-8")
+        p = subprocess.run(["text2wave", "-eval", f"(voice_{voice})", "-o", f"{tmp}/out.wav", f"{tmp}/in.txt"],
+                           capture_output=True, timeout=60)
+        wav = Path(tmp) / "out.wav"
+        if p.returncode != 0 or not wav.is_file() or wav.stat().st_size <= 44:
+            raise UserError(f"text2wave failed for voice {voice!r}: {p.stderr.decode(errors='replace').strip()[:120]}")
+        x, sr = sf.read(wav, dtype="float32")
+    return _add_noise(resample(x if x.ndim == 1 else x.mean(1), sr), snr_db, seed)
+
+
+def _add_noise(x: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
+    """White noise at snr_db: synthetic voices hold runs of exact zeros that no microphone produces."""
     rng = np.random.default_rng(seed)
     power = float(np.mean(x ** 2)) or 1e-8
     x = x + rng.normal(0, np.sqrt(power / 10 ** (snr_db / 10)), x.shape).astype(np.float32)

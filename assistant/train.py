@@ -241,3 +241,35 @@ def retune_threshold(checkpoint, data: list, oos_from=None, oos_limit: int = 400
             "oos_tuned_on": "validation split" + (" + CLINC150 oos_val" if oos_from else "")}
     save_checkpoint(checkpoint, bundle["state_dict"], bundle["config"], meta)
     return thr
+
+
+def calibrate_asr_confidence(checkpoint, manifest, keep: float = 0.95) -> dict:
+    """Set the checkpoint's ``asr_min_confidence``: the ASR confidence kept by ``keep`` of the utterances that the
+    pipeline understands right (intent correct from the audio). ``manifest`` must be speech synthesized from
+    TRAINING utterances in training voices (``mmapps assistant synth``), never evaluation data. Below the value the
+    pipeline asks the user to repeat instead of acting on an unsure transcript."""
+    from mmapps.checkpoint import load_checkpoint, save_checkpoint
+
+    from .asr import asr_confidence, is_garbled
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.from_checkpoint(checkpoint, device="cpu")
+    rows = load_dataset(manifest)[0]
+    confs, right = [], []
+    for e in rows:
+        x = load_audio(e["audio"])
+        text, words = pipe.asr.transcribe(x)
+        conf = 0.0 if is_garbled(text, len(x) / 16000) else (asr_confidence(words) or 0.0)
+        pred = pipe.predict([text.split() or None])[0]
+        confs.append(conf)
+        right.append(pred["best_in_scope"] == e["intent"])
+    confs, right = np.array(confs), np.array(right)
+    value = float(np.quantile(confs[right], 1 - keep)) if right.any() else 0.0
+    bundle = load_checkpoint(checkpoint)
+    meta = {**bundle["meta"], "asr_min_confidence": round(value, 4),
+            "asr_calibrated_on": f"{manifest} ({len(rows)} synthesized training utterances, keep {keep:.0%} of "
+                                 f"the understood ones)"}
+    save_checkpoint(checkpoint, bundle["state_dict"], bundle["config"], meta)
+    wrong = ~right
+    return {"asr_min_confidence": value, "n": len(rows), "understood": int(right.sum()),
+            "misunderstood_rejected": float(np.mean(confs[wrong] < value)) if wrong.any() else None}

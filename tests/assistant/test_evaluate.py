@@ -23,3 +23,13 @@ def test_wer():
 def test_oos_metrics():
     m = intent_metrics(["a", "oos", "oos", "b"], ["a", "oos", "a", "a"])
     assert m["oos_recall"] == 0.5 and m["in_scope_accuracy"] == 0.5 and m["intent_accuracy"] == 0.5
+
+
+def test_slot_value_f1_compares_values_not_positions():
+    from assistant.evaluate import slot_value_f1
+
+    true = [{"artist": "miles davis", "service": "spotify"}, {"city": "boston"}]
+    pred = [{"artist": "Miles Davis", "service": "deezer"}, {"city": "boston", "timeRange": "tomorrow"}]
+    r = slot_value_f1(true, pred)
+    assert r["precision"] == 2 / 4 and r["recall"] == 2 / 3
+    assert slot_value_f1([{"party_size_number": "2"}], [{"party_size_number": "two"}])["f1"] == 1.0

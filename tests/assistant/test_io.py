@@ -110,3 +110,30 @@ def test_snips_mismatch_refused(tmp_path):
 def test_spans():
     toks = "play jazz by miles davis".split()
     assert spans(toks, ["O", "B-genre", "O", "B-artist", "I-artist"]) == {"genre": "jazz", "artist": "miles davis"}
+
+
+def test_long_raw_file_refused_from_its_size(tmp_path):
+    import time
+
+    big = tmp_path / "three_hours.raw"
+    with open(big, "wb") as f:  # sparse: 3 h of 16 kHz int16 without writing 345 MB
+        f.truncate(3 * 3600 * 16000 * 2)
+    t = time.perf_counter()
+    with pytest.raises(UserError, match="10800 s long"):
+        load_audio(big, raw=True)
+    assert time.perf_counter() - t < 1.0
+
+
+def test_manifest_rows_may_hold_audio_without_text(tmp_path):
+    import json
+
+    from assistant.io import read_manifest
+
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"audio": "a.wav", "intent": "orderDrink", "slots": {"size": "twelve ounce"}}) + "\n"
+                 + json.dumps({"intent": "x"}) + "\n")
+    with pytest.raises(UserError, match="line 2 needs 'intent' and 'text' or 'audio'"):
+        read_manifest(m)
+    m.write_text(json.dumps({"audio": "a.wav", "intent": "orderDrink", "slots": {"size": "twelve ounce"}}) + "\n")
+    (row,) = read_manifest(m)
+    assert row["tokens"] == [] and row["audio"] == str(tmp_path / "a.wav") and row["slots"] == {"size": "twelve ounce"}

@@ -137,3 +137,27 @@ def test_retune_threshold_rewrites_checkpoint(tiny_model, tiny_manifest, tmp_pat
     assert retune_threshold(ck, [tiny_manifest]) == 0.0  # the tiny data has no oos class
     meta = load_checkpoint(ck)["meta"]
     assert meta["oos_threshold"] == 0.0 and meta["oos_tuned_on"] == "validation split"
+
+
+def test_unsure_asr_is_asked_to_repeat(tiny_model):
+    from assistant import Pipeline
+    from assistant.pipeline import REPEAT_REPLY
+
+    pipe = Pipeline.from_checkpoint(tiny_model)
+    sure, unsure = pipe.predict([["play", "jazz", "by", "adele"]] * 2, asr_confidences=[0.99, 0.01])
+    assert sure["intent"] == "PlayMusic" and not sure["out_of_scope"]
+    assert unsure["out_of_scope"] and unsure["reason"] == "asr_low_confidence" and unsure["slots"] == {}
+    assert unsure["best_in_scope"] == "PlayMusic"  # the NLU's guess is kept for inspection, not acted on
+    assert REPEAT_REPLY.endswith("?")
+
+
+def test_evaluate_audio_only_rows_are_scored_from_the_audio(tiny_model, shared_data, tmp_path):
+    cards = shared_data / "assistant/speech_real/pocketsphinx/cards"
+    m = tmp_path / "speech.jsonl"
+    m.write_text(json.dumps({"audio": str(cards / "001.wav"), "intent": "PlayMusic"}) + "\n"
+                 + json.dumps({"audio": str(cards / "003.wav"), "text": "seven of clubs", "intent": "PlayMusic"}) + "\n")
+    r = _run("assistant", "evaluate", m, "--model", tiny_model, "--json")
+    assert r.exit_code == 0, _stderr(r)
+    j = json.loads(r.stdout.strip().splitlines()[-1])
+    assert j["mode"].startswith("speech") and j["n"] == 2 and j["wer_rows"] == 1 and 0.0 <= j["wer"] <= 1.0
+    assert "slot-value" in j["slot_metric"]

