@@ -14,6 +14,11 @@ FUSION_MARGIN = Target(">=", 0.03)  # fused - best single modality
 ECE_TARGET = Target("<=", 0.05)
 PREDICT_SECONDS = Target("<=", 3.0)  # 512x512x200 CT + record, in-process
 STUDIES_PER_SECOND = Target(">=", 2.0)
+FROC_SENSITIVITY = Target(">=", 0.90)  # nodules >= 6 mm at <= 2 false candidates per scan
+LIDC_DISTANCE_MM = Target("<=", 10.0)  # reported centre to the readers' centre (in-plane)
+LIDC_DIAMETER_ERROR = Target("<=", 0.30)  # |diameter - readers' mean extent| / readers' mean
+REFUSED = Target(">=", 1)  # a non-chest scan is judged not assessable (True counts as 1)
+FROC_SEED = 24680  # synthetic scans for the detection FROC: never used to set a threshold
 
 
 def real_size_study(folder: Path, seed: int = 1) -> tuple[Path, Path]:
@@ -42,7 +47,7 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
     """
     from mmapps.bench import BenchReport, median_seconds
 
-    from .evaluate import evaluate
+    from .evaluate import detection_froc, evaluate
     from .pipeline import Pipeline
     from .synth import synth_cohort
 
@@ -71,6 +76,49 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
     report.add("Brier", ev["brier"])
     report.add("predict 512x512x200 CT + record (s, median of 3)", predict_s, PREDICT_SECONDS)
     report.add("evaluation throughput (studies/s)", ev["studies_per_second"], STUDIES_PER_SECOND)
+    froc = detection_froc(10 if quick else 40, seed=FROC_SEED)
+    report.add(f"nodule sensitivity >= 6 mm at 2 false/scan (FROC, {froc['scans']} scans, {froc['targets']} nodules)",
+               froc["sensitivity_at_fp"]["2"], FROC_SENSITIVITY)
+    report.add("reported nodules: sensitivity >= 6 mm / false per scan",
+               f"{froc['sensitivity']:.2f} / {froc['false_per_scan']:.2f}")
+    _real_rows(report, pipe)
     report.details.update(auprc=ev["auprc"], sensitivity_at_90_specificity=ev["sensitivity_at_90_specificity"],
-                          predict_runs=times, synth_seconds=round(synth_s, 1), model=pipe.path, quick=quick)
+                          predict_runs=times, synth_seconds=round(synth_s, 1), model=pipe.path, quick=quick,
+                          froc=froc)
     return report
+
+
+def _real_rows(report, pipe) -> None:
+    """Real scans from ../shared/data (only when present): the LIDC-IDRI-0001 readers' nodule, non-chest scans."""
+    import csv
+
+    from mmapps.paths import shared_data
+
+    root = shared_data("medical")
+    if root is None:
+        return
+    slab = root / "lidc_idri_0001_slab"
+    if (slab / "ct").exists():
+        res = pipe.predict(study=slab / "ct")
+        rows = [r for r in csv.DictReader(open(slab / "nodules_summary.csv", encoding="utf-8"))
+                if r["kind"] == "nodule>=3mm" and r["overlaps_slab"] == "True"]
+        readers_mm = sum(float(r["bbox_extent_mm"]) for r in rows) / max(len(rows), 1)
+        best = min(res["nodules"], key=lambda n: ((n["center_mm"][0] - 56.2) ** 2 + (n["center_mm"][1] - 85.6) ** 2),
+                   default=None)
+        dist = ((best["center_mm"][0] - 56.2) ** 2 + (best["center_mm"][1] - 85.6) ** 2) ** 0.5 if best else None
+        report.add("LIDC-IDRI-0001 slab: distance to the readers' nodule (mm)", dist, LIDC_DISTANCE_MM)
+        report.add(f"LIDC-IDRI-0001 slab: diameter error vs readers' mean {readers_mm:.1f} mm",
+                   abs(best["diameter_mm"] - readers_mm) / readers_mm if best else None, LIDC_DIAMETER_ERROR)
+        report.add("LIDC-IDRI-0001 slab: nodules reported / probability",
+                   f"{len(res['nodules'])} / {res['probability']}")
+    head = root / "monai_CT_DICOM"
+    if head.exists():
+        res = pipe.predict(study=head)
+        report.add("real head CT (monai_CT_DICOM): not assessable", not res["assessable"], REFUSED)
+    try:
+        from pydicom.data import get_testdata_file
+
+        res = pipe.predict(study=get_testdata_file("CT_small.dcm"))
+        report.add("real non-chest CT slice (pydicom CT_small): not assessable", not res["assessable"], REFUSED)
+    except (ImportError, OSError, ValueError):
+        pass

@@ -46,3 +46,56 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
     result["studies_per_second"] = round(len(labelled) / max(seconds, 1e-9), 2)
     result["shard"] = f"{shard[0]}/{shard[1]}"
     return result
+
+
+FROC_FP_RATES = (0.125, 0.25, 0.5, 1, 2, 4, 8)  # false candidates per scan (LUNA16's operating points)
+
+
+def detection_froc(n_scans: int = 40, seed: int = 424242, shape=(64, 128, 128), min_size_mm: float = 6.0) -> dict:
+    """Nodule detection on synthetic chest CTs rendered in memory (every nodule's position is known).
+
+    A reported nodule is a true positive when its centre lies within max(radius, 5 mm) of a nodule >= min_size_mm;
+    one near a smaller nodule is ignored (neither hit nor false); anything else is a false candidate. Ranked by
+    the detector's score, as FROC wants (``monai.metrics``). Returns sensitivities at FROC_FP_RATES, the
+    sensitivity of the full output, false candidates per scan, and the mean diameter error.
+    """
+    from monai.metrics import compute_froc_curve_data
+
+    from .io import Volume, default_affine
+    from .lungs import read_chest_ct
+    from .nodules import detect_nodules
+    from .synth import render_ct, sample_variables
+
+    tp, fp, size_err = [], [], []
+    targets = found = 0
+    for i in range(n_scans):
+        rng = np.random.default_rng([seed, i])
+        ct, spacing, extra = render_ct(sample_variables(rng), rng, shape)
+        aff = default_affine(spacing)
+        aff[:3, 3] = [-(shape[2] - 1) * spacing[2] / 2, -(shape[1] - 1) * spacing[1] / 2, -(shape[0] - 1) * spacing[0] / 2]
+        scan = read_chest_ct(Volume(ct, spacing, "CT", f"synthetic {i}", affine=aff))
+        truth = [(np.array([c[2], c[1], c[0]]), size) for c, size, _ in extra["nodules"]]  # z,y,x -> LPS x,y,z
+        big = [t for t in truth if t[1] >= min_size_mm]
+        targets += len(big)
+        hit = set()
+        for n in detect_nodules(scan) if scan.assessable else []:
+            d = [np.linalg.norm(np.asarray(n["center_mm"]) - c) - max(size / 2, 5.0) for c, size in truth]
+            k = int(np.argmin(d)) if d else -1
+            if k < 0 or d[k] > 0:
+                fp.append(n["detection_score"])
+            elif truth[k][1] >= min_size_mm:
+                j = next(j for j, t in enumerate(big) if t is truth[k])
+                if j not in hit:
+                    hit.add(j)
+                    tp.append(n["detection_score"])
+                    size_err.append(abs(n["diameter_mm"] - truth[k][1]) / truth[k][1])
+        found += len(hit)
+    fps, sens = compute_froc_curve_data(np.asarray(fp, float), np.asarray(tp, float), max(targets, 1), n_scans)
+    at = {str(r): float(np.interp(r, fps[::-1], sens[::-1])) if len(fps) else 0.0 for r in FROC_FP_RATES}
+    ranked = sorted(fp, reverse=True)
+    score_at = {str(r): float(ranked[int(r * n_scans) - 1]) if int(r * n_scans) - 1 < len(ranked) and r * n_scans >= 1
+                else None for r in FROC_FP_RATES}  # the score threshold that keeps r false candidates per scan
+    return {"scans": n_scans, "targets": targets, "min_size_mm": min_size_mm, "sensitivity_at_fp": at,
+            "score_at_fp": score_at,
+            "sensitivity": found / max(targets, 1), "false_per_scan": len(fp) / n_scans,
+            "mean_relative_diameter_error": float(np.mean(size_err)) if size_err else None}

@@ -180,7 +180,8 @@ def render_ct(v: dict, rng: np.random.Generator, shape=(64, 128, 128)):
     for c, size, kind, spic in nodules:
         _draw_nodule(vol, z, y, x, spacing, c, size, kind, spic, rng)
     vol += rng.normal(0, 20, vol.shape).astype(np.float32)
-    return vol, spacing, {"centre_mm": [float(t) for t in centre]}
+    return vol, spacing, {"centre_mm": [float(t) for t in centre],
+                          "nodules": [([float(t) for t in c], float(size), kind) for c, size, kind, _ in nodules]}
 
 
 def _draw_nodule(vol, z, y, x, spacing, c, size, kind, spic, rng):

@@ -10,8 +10,12 @@ from mmapps.errors import UserError
 def test_pipeline_predict_keys(tiny_model, tiny_cohort, tmp_path):
     from medical import Pipeline
 
+    import csv
+
     pipe = Pipeline.from_checkpoint(tiny_model, device="cpu")
-    pdir = tiny_cohort / "patients" / "P00000"
+    rows = list(csv.DictReader(open(tiny_cohort / "manifest.csv")))
+    largest = max(rows, key=lambda r: float(r["nodule_size_mm"]))  # visible even on the tiny 7 mm pixels
+    pdir = tiny_cohort / "patients" / largest["patient_id"]
     res = pipe.predict(study=pdir / "ct", record=pdir / "record.json", report=tmp_path / "rep")
     assert set(res) >= {"assessable", "reasons", "probability", "risk_category", "lung_rads", "nodules",
                         "modalities", "contributions", "warnings", "report"}
