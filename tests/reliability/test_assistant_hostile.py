@@ -62,7 +62,7 @@ def make_files(d: Path) -> None:
         "ck_width_huge": model_config(dim=4096, word_emb=4096),
         "ck_fusion": model_config(fusion="concatt"),
         "ck_dim_str": model_config(dim="wide"),
-        "ck_no_vocab": lambda b: b["meta"].pop("vocab"),
+        "ck_no_vocab": lambda b: b["meta"].pop("vocab", None),
         "ck_vocab_int": lambda b: b["meta"].__setitem__("vocab", 5),
         "ck_threshold": lambda b: b["meta"].__setitem__("oos_threshold", "high"),
         "ck_threshold_nan": lambda b: b["meta"].__setitem__("oos_threshold", math.nan),
