@@ -139,6 +139,7 @@ def whisper_model_dir() -> Path:
 # fast read speech is ~4 words (~5 tokens) a second; more than this budget means a decoding loop
 TOKENS_PER_SECOND = 8
 MAX_TOKENS = 200  # Whisper's 448-token context also holds the prompt
+TRAILING_MIN_PROBABILITY = 0.2
 
 
 class WhisperRecognizer:
@@ -176,6 +177,11 @@ class WhisperRecognizer:
                 for token in normalize_transcript(w.word).split():
                     words.append({"word": token, "start": round(float(w.start), 2), "end": round(float(w.end), 2),
                                   "probability": round(float(w.probability), 4)})
+        words = trim_repetition(words)
+        # Whisper adds a word or two after the speech in noise ("... tomorrow hello", p 0.13): drop unsure ones
+        for _ in range(2):
+            if len(words) > 1 and words[-1]["probability"] < TRAILING_MIN_PROBABILITY:
+                words = words[:-1]
         return " ".join(w["word"] for w in words), words
 
 
@@ -272,6 +278,25 @@ def get_recognizer(name: str, meta: dict):
     if name == "whisper":
         return WhisperRecognizer(meta.get("asr_prompt"))
     return PocketsphinxRecognizer(meta.get("lm_text"))
+
+
+def trim_repetition(words: list, min_copies: int = 3, max_ngram: int = 4) -> list:
+    """Drop a tail of >= min_copies back-to-back copies of one 1-4 word phrase ("i m sorry i m sorry i m sorry"):
+    Whisper's decoding loop after the speech ends. Two copies ("five five") are kept: people say that."""
+    key = [w["word"] if isinstance(w, dict) else w for w in words]
+    for n in range(1, max_ngram + 1):
+        for partial in range(n):  # the loop may stop inside a copy: "... i m sorry i m"
+            end = len(key) - partial
+            copies = 1
+            while end - (copies + 1) * n >= 0 and key[end - (copies + 1) * n:end - copies * n] == key[end - n:end]:
+                copies += 1
+            if copies >= min_copies and key[end:] == key[end - n:end - n + partial]:
+                cut = end - copies * n
+                phrase = key[end - n:end]
+                # the loop may also start inside a copy: "... intruders i m | sorry i m sorry i m ..."
+                lead = next((k for k in range(n - 1, 0, -1) if cut >= k and key[cut - k:cut] == phrase[n - k:]), 0)
+                return words[:cut - lead]
+    return words
 
 
 MAX_WORDS_PER_SECOND = 6.0  # faster than any speaker: the transcript is a hallucinated loop

@@ -191,9 +191,10 @@ def demo(out_dir: Path) -> dict:
         x = load_audio(samples / item["audio"])
         r = pipe.understand(audio=x)
         png = plot_understanding(x, r, Path(out_dir) / (Path(item["audio"]).stem + ".png"), reference=item["text"])
-        results.append({"audio": item["audio"], "said": item["text"], "transcript": r["transcript"],
-                        "intent": r["intent"], "expected_intent": item["intent"], "slots": r["slots"],
-                        "reply": r["reply"], "rtf": r["rtf"], "picture": str(png)})
+        results.append({"audio": item["audio"], "voice": item.get("voice"), "said": item["text"],
+                        "transcript": r["transcript"], "intent": r["intent"], "expected_intent": item["intent"],
+                        "slots": r["slots"], "reply": r["reply"], "latency_ms": r["latency_ms"], "rtf": r["rtf"],
+                        "picture": str(png)})
     text = pipe.understand(text="book a table for two at a sushi place in seattle tonight")
     return {"speech": results, "text": {k: text[k] for k in ("intent", "slots", "reply", "out_of_scope")},
             "oos_example": pipe.understand(text="what is my credit card balance")["out_of_scope"]}

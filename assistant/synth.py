@@ -47,8 +47,10 @@ def festival_available() -> bool:
     return shutil.which("text2wave") is not None
 
 
-def speak_festival(text: str, voice: str = "kal_diphone", snr_db: float = 30.0, seed: int = 0) -> np.ndarray:
-    """Text -> float32 mono 16 kHz waveform with a festival diphone voice (text2wave), plus white noise."""
+def speak_festival(text: str, voice: str = "kal_diphone", snr_db: float = 30.0, seed: int = 0,
+                   stretch: float = 1.0) -> np.ndarray:
+    """Text -> float32 mono 16 kHz waveform with a festival diphone voice (text2wave), plus white noise;
+    ``stretch`` > 1 speaks slower (festival's Duration_Stretch)."""
     import tempfile
 
     import soundfile as sf
@@ -61,7 +63,9 @@ def speak_festival(text: str, voice: str = "kal_diphone", snr_db: float = 30.0, 
         raise UserError(f"festival voice must be one of {', '.join(FESTIVAL_VOICES)}; got {voice!r}")
     with tempfile.TemporaryDirectory() as tmp:  # text2wave seeks in its output: a real file, not a pipe
         (Path(tmp) / "in.txt").write_text(text, encoding="utf-8")
-        p = subprocess.run(["text2wave", "-eval", f"(voice_{voice})", "-o", f"{tmp}/out.wav", f"{tmp}/in.txt"],
+        p = subprocess.run(["text2wave", "-eval", f"(voice_{voice})", "-eval",
+                            f"(Parameter.set 'Duration_Stretch {float(stretch):.3f})", "-o", f"{tmp}/out.wav",
+                            f"{tmp}/in.txt"],
                            capture_output=True, timeout=60)
         wav = Path(tmp) / "out.wav"
         if p.returncode != 0 or not wav.is_file() or wav.stat().st_size <= 44:

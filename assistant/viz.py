@@ -36,7 +36,9 @@ def plot_understanding(x: np.ndarray, result: dict, out, reference: str | None =
     bx.axis("off")
     lines = [f"intent: {result['intent']}  (confidence {result['confidence']:.2f}"
              f"{', OUT OF SCOPE' if result['out_of_scope'] else ''})", f"slots: {slots}",
-             f"reply: {result['reply']}", f"real-time factor: {result.get('rtf')}"]
+             f"reply: {result['reply']}",
+             f"latency: {result.get('latency_ms')} ms (real-time factor {result.get('rtf')}); "
+             f"ASR confidence {result.get('asr_confidence')}"]
     bx.text(0.0, 1.0, "\n".join(lines), va="top", fontsize=10, family="monospace", transform=bx.transAxes,
             wrap=True)
     if weights:

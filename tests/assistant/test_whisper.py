@@ -84,3 +84,14 @@ def test_pure_tone_is_one_error_line_not_a_sentence(tmp_path, tiny_model):
                                  "--model", str(tiny_model)])
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and "no speech recognised" in lines[0] and "tone.wav" in lines[0]
+
+
+def test_decoding_loops_are_trimmed_but_real_repeats_kept():
+    from assistant.asr import trim_repetition
+
+    loop = "please find me intruders i m sorry i m sorry i m sorry i m sorry i m".split()
+    assert trim_repetition(loop) == "please find me intruders".split()
+    assert trim_repetition("five five".split()) == ["five", "five"]  # a card call, said twice
+    assert trim_repetition("go forward ten meters".split()) == "go forward ten meters".split()
+    words = [{"word": w, "probability": 0.9} for w in "play jazz la la la la".split()]
+    assert [w["word"] for w in trim_repetition(words)] == ["play", "jazz"]
