@@ -490,6 +490,9 @@ def synth_sequence(args) -> list[str]:
     from mmapps.io import atomic_write_text
 
     split = Path(split)
+    ids = [f"{first + k:06d}" for k in range(n)]
+    if all((split / "velodyne" / f"{fid}.bin").is_file() for fid in ids):
+        return ids  # finished by an earlier run
     rng = np.random.default_rng([seed, seq_index])
     static, agents, info = make_scene(rng, seq_len, clutter)
     rays_cam = camera_rays()
@@ -514,6 +517,7 @@ def synth_sequence(args) -> list[str]:
 
 
 PROGRESS = "synth_progress.json"
+SIM_VERSION = 2  # bump when the generator changes what a seed produces (2: the randomised world of 2026-11-29)
 
 
 def _progress_path(split: Path, shard) -> Path:
@@ -565,7 +569,7 @@ def synth_dataset(out, frames: int, seed: int = 0, seq_len: int = 1, workers: in
         raise UserError(f"--seq-len must be >= 1; got {seq_len}")
     split = Path(out) / "training"
     settings = {"frames": frames, "seed": seed, "seq_len": seq_len, "clutter": clutter, "reduced": reduced,
-                "shard": f"{shard[0]}/{shard[1]}"}
+                "shard": f"{shard[0]}/{shard[1]}", "sim_version": SIM_VERSION}
     progress = _progress_path(split, shard)
     if progress.is_file():
         try:

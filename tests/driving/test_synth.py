@@ -131,3 +131,20 @@ def test_interrupted_synth_resumes_and_is_reported(tmp_path, syn_root):
     assert (split / "velodyne/000002.bin").read_bytes() == whole
     assert json.loads(progress.read_text())["complete"] is True
     assert _digest(root) == _digest(syn_root)
+
+
+def test_bench_split_is_reused_until_the_generator_changes(tmp_path, monkeypatch):
+    import json
+
+    import driving.synth
+    from driving.bench import bench_split
+
+    monkeypatch.setenv("MMAPPS_CACHE", str(tmp_path))
+    split = bench_split(2)
+    sweep = split / "velodyne/000000.bin"
+    stamp = sweep.stat().st_mtime_ns
+    assert bench_split(2) == split and sweep.stat().st_mtime_ns == stamp  # reused, not rewritten
+    monkeypatch.setattr(driving.synth, "SIM_VERSION", driving.synth.SIM_VERSION + 1)
+    bench_split(2)
+    assert sweep.stat().st_mtime_ns != stamp  # a new generator version regenerates
+    assert json.loads((split / "synth_progress.json").read_text())["settings"]["sim_version"] == driving.synth.SIM_VERSION
