@@ -40,10 +40,12 @@ def real_size_study(folder: Path, seed: int = 1) -> tuple[Path, Path]:
     return folder / "ct", folder / "record.json"
 
 
-def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | Path | None = None):
+def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | Path | None = None, dataset=None,
+              froc_scans: int | None = None):
     """The medical benchmark (DESIGN section 5) as a ``BenchReport``.
 
-    ``cohort``: reuse a cohort already written by ``synth_cohort(..., seed=BENCH_SEED)`` (saves minutes).
+    ``cohort``: reuse a cohort already written by ``synth_cohort(..., seed=BENCH_SEED)`` (saves minutes);
+    ``dataset``: its studies already read (``evaluate``'s CohortDataset); ``froc_scans``: scans for the FROC.
     """
     from mmapps.bench import BenchReport, median_seconds
 
@@ -60,7 +62,7 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
             cohort = tmp / "cohort"
             synth_cohort(cohort, n, BENCH_SEED, workers=workers)
         synth_s = time.perf_counter() - t0
-        ev = evaluate(cohort, workers=workers, pipeline=pipe)
+        ev = evaluate(cohort, workers=workers, pipeline=pipe, dataset=dataset)
         ct, rec = real_size_study(tmp / "big")
         predict_s, times = median_seconds(lambda: pipe.predict(study=ct, record=rec), repeats=3, warmup=1)
     abl = ev["ablations"]
@@ -76,7 +78,7 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
     report.add("Brier", ev["brier"])
     report.add("predict 512x512x200 CT + record (s, median of 3)", predict_s, PREDICT_SECONDS)
     report.add("evaluation throughput (studies/s)", ev["studies_per_second"], STUDIES_PER_SECOND)
-    froc = detection_froc(10 if quick else 40, seed=FROC_SEED)
+    froc = detection_froc(froc_scans or (10 if quick else 40), seed=FROC_SEED)
     report.add(f"nodule sensitivity >= 6 mm at 2 false/scan (FROC, {froc['scans']} scans, {froc['targets']} nodules)",
                froc["sensitivity_at_fp"]["2"], FROC_SENSITIVITY)
     report.add("reported nodules: sensitivity >= 6 mm / false per scan",

@@ -8,7 +8,9 @@ import numpy as np
 
 
 def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1), device: str = "auto",
-             pipeline=None) -> dict:
+             pipeline=None, dataset=None) -> dict:
+    """Metrics of a model on a cohort folder. ``dataset``: a CohortDataset of the same rows already read (with
+    ``all_nodules``), e.g. to score several checkpoints without re-reading the studies."""
     import time
 
     from mmapps.metrics import binary_metrics
@@ -27,8 +29,8 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
 
         raise UserError(f"{root}: no labelled rows (label 0/1) to evaluate")
     t0 = time.perf_counter()
-    ds = CohortDataset(root, labelled, pipe.config, with_targets=False, workers=workers, description="evaluating",
-                       all_nodules=True)
+    ds = dataset if dataset is not None else CohortDataset(root, labelled, pipe.config, with_targets=False,
+                                                           workers=workers, description="evaluating", all_nodules=True)
     p = study_max(predict_batches(pipe.model, ds, pipe.device), ds.groups, len(labelled))
     seconds = time.perf_counter() - t0
     y = np.array([int(r["label"]) for r in labelled])

@@ -202,29 +202,28 @@ def nodule_type(values: np.ndarray) -> str:
     return "solid" if float((values >= SOLID_HU).mean()) >= 0.5 else "part-solid"
 
 
-def spiculation_score(hu: np.ndarray, index, radius_mm: float, spacing: float) -> float:
-    """Share of the shell between 1.15 and 1.6 equivalent radii that is dense: strands radiating from the
-    nodule fill part of it, a smooth nodule in clear lung leaves it empty (a passing vessel adds a little)."""
-    h = int(math.ceil(1.6 * radius_mm / spacing)) + 1
+def _shell_values(hu: np.ndarray, index, radius_mm: float, spacing: float, inner: float, outer: float) -> np.ndarray:
+    """HU of the voxels between ``inner`` and ``outer`` radii around ``index``."""
+    h = int(math.ceil(outer * radius_mm / spacing)) + 1
     sl = tuple(slice(max(0, i - h), i + h + 1) for i in index)
     box = hu[sl]
     c = [i - s.start for i, s in zip(index, sl)]
     zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in box.shape)]
     d = np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) * spacing
-    shell = (d >= 1.15 * radius_mm) & (d <= 1.6 * radius_mm)
-    return float((box[shell] > DENSE_HU).mean()) if shell.any() else 0.0
+    return box[(d >= inner * radius_mm) & (d <= outer * radius_mm)]
+
+
+def spiculation_score(hu: np.ndarray, index, radius_mm: float, spacing: float) -> float:
+    """Share of the shell between 1.15 and 1.6 equivalent radii that is dense: strands radiating from the
+    nodule fill part of it, a smooth nodule in clear lung leaves it empty (a passing vessel adds a little)."""
+    shell = _shell_values(hu, index, radius_mm, spacing, 1.15, 1.6)
+    return float((shell > DENSE_HU).mean()) if shell.size else 0.0
 
 
 def lung_contact(hu: np.ndarray, index, radius_mm: float, spacing: float) -> float:
     """Share of a ring just outside the candidate (1.3-1.8 radii) that is aerated lung (< -700 HU)."""
-    h = int(math.ceil(1.8 * radius_mm / spacing)) + 1
-    sl = tuple(slice(max(0, i - h), i + h + 1) for i in index)
-    box = hu[sl]
-    c = [i - s.start for i, s in zip(index, sl)]
-    zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in box.shape)]
-    d = np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) * spacing
-    shell = (d >= 1.3 * radius_mm) & (d <= 1.8 * radius_mm)
-    return float((box[shell] < -700).mean()) if shell.any() else 0.0
+    shell = _shell_values(hu, index, radius_mm, spacing, 1.3, 1.8)
+    return float((shell < -700).mean()) if shell.size else 0.0
 
 
 def detect_nodules(scan) -> list[dict]:
