@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -110,11 +111,13 @@ class CameraBranch(nn.Module):
         # lifted straight onto the fusion grid (cell * stride): the camera cannot resolve finer anyway
         self.hx, self.hy = cfg.nx // cfg.stride, cfg.ny // cfg.stride
         st = cfg.cell * cfg.stride
-        xs = cfg.x_range[0] + (torch.arange(self.hx) + 0.5) * st
-        ys = cfg.y_range[0] + (torch.arange(self.hy) + 0.5) * st
-        gx, gy = torch.meshgrid(xs, ys, indexing="ij")
-        pts = [torch.stack([gx, gy, torch.full_like(gx, z), torch.ones_like(gx)], -1) for z in cfg.lift_heights]
-        self.register_buffer("cells", torch.stack(pts, 0), persistent=False)  # [K, NX, NY, 4]
+        # grids in numpy, then one tensor: torch ops here would run under the core's meta-device shape check, where
+        # they pull in torch._dynamo (1.5 s of imports on every CLI call)
+        xs = cfg.x_range[0] + (np.arange(self.hx) + 0.5) * st
+        ys = cfg.y_range[0] + (np.arange(self.hy) + 0.5) * st
+        gx, gy = np.meshgrid(xs, ys, indexing="ij")
+        pts = np.stack([np.stack([gx, gy, np.full_like(gx, z), np.ones_like(gx)], -1) for z in cfg.lift_heights], 0)
+        self.register_buffer("cells", torch.tensor(pts, dtype=torch.float32), persistent=False)  # [K, NX, NY, 4]
         self.out_dim = cfg.width
 
     def forward(self, image, proj):
@@ -150,10 +153,9 @@ class BEVFusionDetector(nn.Module):
         self.regress = nn.Conv2d(48, cfg.regression_channels, 1)
         nn.init.constant_(self.heatmap.bias, -2.19)  # prior 0.1, as CenterNet
         if cfg.coords:  # absolute-position channels: only the first bundled model; they teach position priors
-            xs = torch.linspace(-1, 1, cfg.nx // cfg.stride)
-            ys = torch.linspace(-1, 1, cfg.ny // cfg.stride)
-            gx, gy = torch.meshgrid(xs, ys, indexing="ij")
-            self.register_buffer("coords", torch.stack([gx, gy])[None], persistent=False)
+            gx, gy = np.meshgrid(np.linspace(-1, 1, cfg.nx // cfg.stride), np.linspace(-1, 1, cfg.ny // cfg.stride),
+                                 indexing="ij")
+            self.register_buffer("coords", torch.tensor(np.stack([gx, gy])[None], dtype=torch.float32), persistent=False)
         self.last_weights: dict[str, torch.Tensor] = {}
 
     def forward(self, batch: dict) -> dict:
