@@ -11,6 +11,7 @@ from mmapps.errors import UserError
 
 SAMPLE_RATE = 16_000
 MAX_SECONDS = 60.0
+MIN_SECONDS = 0.2  # shorter than any word: Whisper would only hallucinate on it
 MAX_TEXT = 1000
 OOS = "oos"  # the out-of-scope intent label (CLINC150 convention)
 
@@ -24,8 +25,9 @@ def _check_signal(x: np.ndarray, sr: int, path) -> np.ndarray:
     seconds = x.shape[0] / sr
     if seconds > MAX_SECONDS:
         raise UserError(f"{path}: the audio is {seconds:.1f} s long; at most {MAX_SECONDS:.0f} s is accepted")
-    if seconds < 0.05:
-        raise UserError(f"{path}: the audio is too short ({seconds * 1000:.0f} ms)")
+    if seconds < MIN_SECONDS:
+        raise UserError(f"{path}: the audio is too short ({seconds * 1000:.0f} ms; a spoken command takes at "
+                        f"least {MIN_SECONDS * 1000:.0f} ms)")
     peak = float(np.max(np.abs(x)))
     if peak < 1e-4:
         raise UserError(f"{path}: the audio is silent (peak level {peak:.1e})")

@@ -137,3 +137,11 @@ def test_manifest_rows_may_hold_audio_without_text(tmp_path):
     m.write_text(json.dumps({"audio": "a.wav", "intent": "orderDrink", "slots": {"size": "twelve ounce"}}) + "\n")
     (row,) = read_manifest(m)
     assert row["tokens"] == [] and row["audio"] == str(tmp_path / "a.wav") and row["slots"] == {"size": "twelve ounce"}
+
+
+def test_audio_shorter_than_a_word_is_refused():
+    x = (0.3 * np.sin(np.arange(960) / 5)).astype(np.float32)  # 60 ms at 16 kHz
+    buf = io.BytesIO()
+    sf.write(buf, x, 16000, format="WAV")
+    with pytest.raises(UserError, match="too short \\(60 ms"):
+        decode_audio(buf.getvalue(), "short.wav")
