@@ -33,6 +33,8 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
                                                            workers=workers, description="evaluating", all_nodules=True)
     p = study_max(predict_batches(pipe.model, ds, pipe.device), ds.groups, len(labelled))
     seconds = time.perf_counter() - t0
+    if dataset is not None:  # read earlier: count its reading time, or the throughput would flatter
+        seconds += float(getattr(dataset, "read_seconds", 0.0))
     y = np.array([int(r["label"]) for r in labelled])
     result = {"data": str(root), "model": pipe.path, **binary_metrics(y, p)}
     oracle = [r.get("oracle_probability", "") for r in labelled]
