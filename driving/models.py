@@ -61,14 +61,31 @@ class DetectorConfig:
 
     def validate(self) -> None:
         from mmapps.config import check_range
-        from mmapps.errors import check_choice
+        from mmapps.errors import UserError, check_choice
         from mmapps.fusion import FUSIONS
 
         check_choice("model.fusion", self.fusion, FUSIONS.names())
         check_range("model.cell", self.cell, 0.05)
         check_range("model.width", self.width, 4)
         check_choice("model.heading", self.heading, ("sincos", "axis_dir"))
-        check_range("model.ground_window", self.ground_window, 1)
+        check_range("model.ground_window", self.ground_window, 1, 64)
+        # Bounds on every size the model allocates from, so a tampered checkpoint cannot ask for gigabytes
+        # (the grids are built with numpy, outside the core's meta-device shape check).
+        check_range("model.width", self.width, 4, 1024)
+        check_range("model.cam_width", self.cam_width, 4, 1024)
+        check_range("model.stride", self.stride, 1, 8)
+        for name in ("x_range", "y_range", "image_size"):
+            value = getattr(self, name)
+            if len(value) != 2:
+                raise UserError(f"model.{name} must hold 2 numbers; got {list(value)}")
+        for name in ("x_range", "y_range"):
+            lo, hi = getattr(self, name)
+            check_range(f"model.{name}", lo, -200.0, 200.0)
+            check_range(f"model.{name}", hi, lo + self.cell, 200.0)
+        for side in self.image_size:
+            check_range("model.image_size", side, 16, 2048)
+        if self.nx * self.ny > 2048 * 2048:
+            raise UserError(f"model: a {self.nx}x{self.ny} BEV grid is larger than the 2048x2048-cell limit")
 
     @property
     def regression_channels(self) -> int:

@@ -45,7 +45,26 @@ def read_manifest(data: str | Path) -> tuple[Path, list[dict]]:
         missing = {"patient_id", "ct"} - set(reader.fieldnames or [])
         if missing:
             raise UserError(f"{f}: manifest lacks column(s) {', '.join(sorted(missing))}")
-        rows.extend(reader)
+        for line, row in enumerate(reader, start=2):
+            _check_row(row, f, line)
+            rows.append(row)
     if not rows:
         raise UserError(f"{files[0]}: manifest has no rows")
     return root, rows
+
+
+def _check_row(row: dict, path: Path, line: int) -> None:
+    """label must be 0/1 and oracle_probability a probability (when given): checked once, where the file is read."""
+    import math
+
+    label = (row.get("label") or "").strip()
+    if label and label not in ("0", "1", "0.0", "1.0"):
+        raise UserError(f"{path}: line {line}: label must be 0 or 1; got {label[:40]!r}")
+    oracle = (row.get("oracle_probability") or "").strip()
+    if oracle:
+        try:
+            value = float(oracle)
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value <= 1.0:  # also false for NaN
+            raise UserError(f"{path}: line {line}: oracle_probability must be a number in [0, 1]; got {oracle[:40]!r}")

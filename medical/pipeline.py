@@ -31,6 +31,15 @@ class Pipeline(CorePipeline):
     scenario = "medical"
     config_class = ModelConfig
 
+    def __init__(self, model, config, meta: dict | None = None, device: str = "auto", path: str | None = None):
+        super().__init__(model, config, meta, device=device, path=path)
+        prevalence = self.meta.get("prevalence", TRAINING_PREVALENCE)
+        if isinstance(prevalence, bool) or not isinstance(prevalence, (int, float)) or not 0 < prevalence < 1:
+            from mmapps.checkpoint import CheckpointError
+
+            raise CheckpointError(f"{path or 'checkpoint'}: meta 'prevalence' must be a number in (0, 1); "
+                                  f"got {prevalence!r}")
+
     @classmethod
     def build_model(cls, config: ModelConfig):
         return build_model(config)

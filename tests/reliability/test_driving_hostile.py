@@ -148,8 +148,5 @@ def cases(d: Path) -> list[Case]:
     return c
 
 
-PENDING: dict[str, str] = {
-    "ck_image_huge": "driving/models.py: DetectorConfig.validate does not bound image_size; [20000, 20000] in a "
-                     "checkpoint allocates 3.4 GB in preprocess.camera_input, then MemoryError traceback",
-}
+PENDING: dict[str, str] = {}
 results, test_driving_hostile_input_is_one_clean_error = hostile_suite("driving", make_files, cases, PENDING)
