@@ -46,6 +46,11 @@ class BenchRow:
     target: str = ""
     met: bool | None = None
 
+    @property
+    def verdict(self) -> str:
+        """'met', 'missed', or '' for a reference row."""
+        return "" if self.met is None else ("met" if self.met else "missed")
+
     @classmethod
     def check(cls, metric: str, measured, target: Target | None) -> "BenchRow":
         """A row whose ``met`` is decided by ``target`` (None: a reference row)."""
@@ -76,8 +81,7 @@ class BenchReport:
         lines = [f"**{self.scenario}** — {self.dataset} (seed {self.seed}); {self.date}, {self.machine}", "",
                  "| metric | measured | target | met |", "|---|---|---|---|"]
         for r in self.rows:
-            met = "" if r.met is None else ("met" if r.met else "missed")
-            lines.append(f"| {r.metric} | {format_value(r.measured)} | {r.target} | {met} |")
+            lines.append(f"| {r.metric} | {format_value(r.measured)} | {r.target} | {r.verdict} |")
         return "\n".join(lines)
 
 

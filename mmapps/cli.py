@@ -60,23 +60,10 @@ def info(json_out: bool = typer.Option(False, "--json", help="machine-readable o
     if json_out:
         emit_json(result)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    out = Console()
-    t = Table(title="mmapps")
-    t.add_column("package")
-    t.add_column("version")
-    for k, v in versions.items():
-        t.add_row(k, str(v))
-    out.print(t)
-    out.print(f"device: {'CUDA ' + str(device['gpu']) if device['cuda'] else 'CPU'} ({device['cpu_threads']} threads)")
-    m = Table(title="bundled models")
-    for col in ("scenario", "model", "MB", "model card"):
-        m.add_column(col)
-    for row in models:
-        m.add_row(row["scenario"], row["model"] or "missing", str(row["size_mb"] or "-"), row["summary"] or "-")
-    out.print(m)
+    print_table([{"package": k, "version": v} for k, v in versions.items()], title="mmapps")
+    typer.echo(f"device: {'CUDA ' + str(device['gpu']) if device['cuda'] else 'CPU'} ({device['cpu_threads']} threads)")
+    print_table([{"scenario": r["scenario"], "model": r["model"] or "missing", "MB": r["size_mb"],
+                  "model card": r["summary"]} for r in models], title="bundled models")
 
 
 @app.command()
@@ -127,10 +114,8 @@ def bench(scenario: str = typer.Argument(..., help="a registered scenario: medic
     elif markdown:
         typer.echo(report.to_markdown())
     else:
-        from .bench import format_value
-
-        rows = [{"metric": r.metric, "measured": format_value(r.measured), "target": r.target,
-                 "met": "" if r.met is None else ("met" if r.met else "missed")} for r in report.rows]
+        rows = [{"metric": r.metric, "measured": r.measured, "target": r.target, "met": r.verdict}
+                for r in report.rows]
         print_table(rows, title=f"mmapps bench {scenario} — {report.dataset} (seed {report.seed})")
 
 

@@ -237,16 +237,13 @@ def print_table(rows: list[dict], title: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .bench import format_value
+
     t = Table(title=title)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     for c in cols:
         t.add_column(str(c))
     for r in rows:
-        t.add_row(*[_cell(r.get(c)) for c in cols])
+        t.add_row(*[format_value(r.get(c)) for c in cols])
     Console().print(t)
 
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "-" if v is None else str(v)
