@@ -28,6 +28,7 @@ class ModelConfig:
     modality_dropout: float = 0.2
     slot_weight: float = 1.0
     char_dim: int = 0  # > 0: a character CNN per word (open-vocabulary names) joins the token encoder
+    crf: bool = False  # a linear-chain CRF over the slot tags (trained on whole sequences); False in older checkpoints
     vocab_size: int = 2
     n_intents: int = 2
     n_tags: int = 1
@@ -183,21 +184,28 @@ class IntentHead(nn.Sequential):
 
 
 class SlotHead(nn.Sequential):
-    """Token head: [per-token features; fused vector] -> BIO tag logits [B, T, n_tags].
+    """Token head: [per-token features; fused vector] -> BIO tag scores [B, T, n_tags].
 
     Reads the token encoder's "sequence" from the FusionModel context; samples without tokens (audio only, or
-    tokens dropped by modality dropout) carry no slot loss."""
+    tokens dropped by modality dropout) carry no slot loss. With ``crf`` the scores are a core
+    ``LinearChainCRF``'s emissions: trained on the likelihood of the whole tag sequence, decoded by its Viterbi."""
 
-    def __init__(self, token_dim: int, dim: int, n_tags: int, weight: float = 1.0):
+    def __init__(self, token_dim: int, dim: int, n_tags: int, weight: float = 1.0, crf: bool = False):
         super().__init__(nn.Linear(token_dim + dim, dim), nn.GELU(), nn.Linear(dim, n_tags))
         self.token_dim = token_dim
         self.weight = weight
+        self.crf_on = crf
+        if crf:  # registered after the three layers; forward() runs only those (checkpoint keys stay 0/2)
+            from mmapps.crf import LinearChainCRF
+
+            self.add_module("crf", LinearChainCRF(n_tags))
 
     def forward(self, fused, context=None):
         ids = context["batch"]["tokens"]["ids"]
         tokens = (context or {}).get("tokens")
         seq = tokens["sequence"] if tokens is not None else fused.new_zeros(*ids.shape, self.token_dim)
-        return super().forward(torch.cat([seq, fused.unsqueeze(1).expand(-1, seq.shape[1], -1)], -1))
+        x = torch.cat([seq, fused.unsqueeze(1).expand(-1, seq.shape[1], -1)], -1)
+        return self[2](self[1](self[0](x)))
 
     def loss(self, output, target, context=None):
         target = target.long()
@@ -206,6 +214,10 @@ class SlotHead(nn.Sequential):
             target = torch.where(has_tokens.bool().unsqueeze(1), target, torch.full_like(target, -100))
         if not (target != -100).any():
             return output.sum() * 0.0
+        if self.crf_on:
+            mask = target != -100
+            keep = mask[:, 0]  # samples with tokens (left-aligned)
+            return self.crf.nll(output[keep], target[keep], mask[keep])
         return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1), ignore_index=-100)
 
 
@@ -217,7 +229,7 @@ def build_model(cfg: ModelConfig) -> FusionModel:
     encoders = {"sentence": SentenceEncoder(cfg.dim), "tokens": tokens,
                 "audio": get_encoder("audio", n_mels=N_MELS, out_dim=cfg.dim, width=16)}
     heads = {"intent": IntentHead(cfg.dim, cfg.n_intents),
-             "tags": SlotHead(tokens.out_dim, cfg.dim, cfg.n_tags, weight=cfg.slot_weight)}
+             "tags": SlotHead(tokens.out_dim, cfg.dim, cfg.n_tags, weight=cfg.slot_weight, crf=cfg.crf)}
     return FusionModel(encoders, heads, fusion=cfg.fusion, fusion_dim=cfg.dim, modality_dropout=cfg.modality_dropout)
 
 
@@ -263,18 +275,43 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-def bio_viterbi(logits: torch.Tensor, tags: list[str], lengths: list[int]) -> list[list[int]]:
-    """Most probable tag sequence under BIO constraints (no I-X unless it follows B-X or I-X), from per-token
-    log-probabilities. logits [B, T, n_tags] -> one list of tag indices per sample (its length)."""
-    lp = torch.log_softmax(logits.float(), -1)
+def bio_constraints(tags: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """BIO rules as masks: (allowed[prev, cur], start_allowed[cur]); I-X only after B-X or I-X, never first."""
     n = len(tags)
-    allowed = torch.ones(n, n, dtype=torch.bool)  # allowed[prev, cur]
+    allowed = torch.ones(n, n, dtype=torch.bool)
     start = torch.ones(n, dtype=torch.bool)
     for j, t in enumerate(tags):
         if t.startswith("I-"):
             start[j] = False
             for i, u in enumerate(tags):
                 allowed[i, j] = u[2:] == t[2:] and u[:2] in ("B-", "I-")
+    return allowed, start
+
+
+def set_tag_constraints(model, tags: list[str]) -> None:
+    """Give a new model's slot CRF the BIO rules of its tag list (saved with the weights, so set once)."""
+    head = model.heads["tags"]
+    if head.crf_on:
+        from mmapps.crf import FORBIDDEN
+
+        allowed, start = bio_constraints(tags)
+        head.crf.trans_penalty.copy_(torch.where(allowed, 0.0, FORBIDDEN))
+        head.crf.start_penalty.copy_(torch.where(start, 0.0, FORBIDDEN))
+
+
+def decode_tags(model, scores: torch.Tensor, tags: list[str], lengths: list[int]) -> list[list[int]]:
+    """Tag indices per item: the slot CRF's Viterbi path when the model has one, else ``bio_viterbi``."""
+    head = model.heads["tags"]
+    if getattr(head, "crf_on", False):
+        return head.crf.decode(scores.cpu(), lengths)
+    return bio_viterbi(scores.cpu(), tags, lengths)
+
+
+def bio_viterbi(logits: torch.Tensor, tags: list[str], lengths: list[int]) -> list[list[int]]:
+    """Most probable tag sequence under BIO constraints (no I-X unless it follows B-X or I-X), from per-token
+    log-probabilities. logits [B, T, n_tags] -> one list of tag indices per sample (its length)."""
+    lp = torch.log_softmax(logits.float(), -1)
+    allowed, start = bio_constraints(tags)
     trans = torch.where(allowed, 0.0, -1e4).to(lp.device)
     out = []
     for b, L in enumerate(lengths):

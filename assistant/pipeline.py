@@ -16,7 +16,7 @@ from mmapps.pipeline import Pipeline as BasePipeline, check_finite_output
 
 from .asr import ASR_CHOICES, asr_confidence, get_recognizer, is_garbled
 from .io import OOS, SAMPLE_RATE, check_text, decode_audio, load_audio, spans, tokenize
-from .models import ModelConfig, TextEmbedder, bio_viterbi, build_model, char_codes, collate, log_mel
+from .models import ModelConfig, TextEmbedder, build_model, char_codes, collate, decode_tags, log_mel
 
 # "[...]" groups are dropped when a slot inside them is empty, so replies read well with partial slots
 REPLIES = {
@@ -254,7 +254,7 @@ class Pipeline(BasePipeline):
 
     def _decode(self, out: dict, token_lists: list[list[str]], asr_confidences: list) -> list[dict]:
         probs = torch.softmax(out["outputs"]["intent"].float(), -1).cpu()
-        tag_ids = bio_viterbi(out["outputs"]["tags"].cpu(), self.tags, [len(t) for t in token_lists])
+        tag_ids = decode_tags(self.model, out["outputs"]["tags"], self.tags, [len(t) for t in token_lists])
         weights = {k: v.detach().cpu() for k, v in (out.get("weights") or {}).items()}
         oos_idx = self.intents.index(OOS) if OOS in self.intents else None
         results = []

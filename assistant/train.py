@@ -13,7 +13,7 @@ import torch
 from mmapps.errors import UserError
 
 from .io import OOS, load_audio, load_dataset, read_clinc
-from .models import ModelConfig, bio_viterbi, build_model, collate, log_mel
+from .models import ModelConfig, build_model, collate, decode_tags, log_mel, set_tag_constraints
 
 # CLINC150 intents that belong to the SNIPS domain: not out-of-scope for a SNIPS model, so left out
 SNIPS_OVERLAP = {"weather", "play_music", "restaurant_reservation", "restaurant_suggestion", "restaurant_reviews",
@@ -62,7 +62,7 @@ def _eval_fn(intents, tags):
             yt += batch["targets"]["intent"].tolist()
             ids = batch["tokens"]["ids"]
             lengths = [int((ids[b] != 0).sum()) for b in range(len(ids))]
-            pt = bio_viterbi(out["outputs"]["tags"].cpu(), tags, lengths)
+            pt = decode_tags(model, out["outputs"]["tags"], tags, lengths)
             for b, n in enumerate(lengths):
                 tt.append([tags[t] for t in batch["targets"]["tags"][b, :n].tolist()])
                 tp.append([tags[t] for t in pt[b]])
@@ -192,6 +192,7 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
 
     torch.manual_seed(tcfg.seed)
     model = build_model(mcfg)
+    set_tag_constraints(model, tags)
     meta = {"trained_on": used, "n_train": len(tr), "n_val": len(val), "vocab": vocab, "intents": intents,
             "tags": tags, "lm_text": build_lm_text([e["text"] for e in in_domain]),
             "asr_prompt": build_asr_prompt(in_domain), "oos_threshold": 0.0,

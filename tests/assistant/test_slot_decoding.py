@@ -53,3 +53,42 @@ def test_fusion_model_with_token_head_trains_and_builds_without_char_cnn():
     assert plain.encoders["tokens"].chars is None
     plain.eval()
     assert plain(collate(s[1:]))["outputs"]["tags"].shape == (1, 1, len(TAGS))  # audio only: zeros, no crash
+
+
+def test_crf_slot_head_trains_keeps_bio_rules_and_survives_a_checkpoint(tmp_path):
+    from assistant.models import decode_tags, set_tag_constraints
+    from mmapps.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, word_emb=16, vocab_size=10, n_intents=2, n_tags=len(TAGS), modality_dropout=0.0,
+                      crf=True)
+    m = build_model(cfg)
+    set_tag_constraints(m, TAGS)
+    s = [{"ids": [2, 3, 4], "wvec": torch.zeros(3, 384, dtype=torch.float16), "sent": torch.zeros(384),
+          "intent": 1, "tags": [1, 3, 0]},
+         {"ids": [5, 6], "wvec": torch.zeros(2, 384, dtype=torch.float16), "sent": torch.zeros(384),
+          "intent": 0, "tags": [2, 4]},
+         {"ids": [], "wvec": None, "sent": None, "mel": torch.zeros(64, 40), "intent": 0}]  # no tokens: no CRF loss
+    opt = torch.optim.Adam(m.parameters(), lr=0.02)
+    first = None
+    for _ in range(40):
+        out = m(collate(s))
+        first = first if first is not None else float(out["losses"]["tags"].detach())
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert float(out["losses"]["tags"].detach()) < 0.3 * first
+    m.eval()
+    scores = m(collate(s))["outputs"]["tags"]
+    assert decode_tags(m, scores, TAGS, [3, 2, 0]) == [[1, 3, 0], [2, 4], []]
+    # the rules hold whatever the emissions say: I-track may not follow B-artist nor start a sequence
+    bad = torch.zeros(1, 2, len(TAGS))
+    bad[0, 0, 4], bad[0, 1, 4] = 50.0, 50.0
+    path = [TAGS[t] for t in decode_tags(m, bad, TAGS, [2])[0]]
+    assert path[0] != "I-track" and not (path[0] == "B-artist" and path[1] == "I-track")
+    # constraints are buffers: a model rebuilt from its config alone gets them back from the weights
+    save_checkpoint(tmp_path / "m.pt", m, {"scenario": "assistant", "model": vars(cfg)}, {})
+    again = build_model(cfg)
+    again.load_state_dict(load_checkpoint(tmp_path / "m.pt")["state_dict"])
+    assert torch.equal(again.heads["tags"].crf.trans_penalty, m.heads["tags"].crf.trans_penalty)
+    assert again.heads["tags"].crf.trans_penalty.min() < -1.0
