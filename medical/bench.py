@@ -6,7 +6,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mmapps.bench import Target
+
+from .viz import plot_calibration
 
 BENCH_SEED = 987654  # never used for training
 ORACLE_GAP = 0.02  # fused AUROC >= oracle AUROC - this
@@ -62,7 +66,7 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
             cohort = tmp / "cohort"
             synth_cohort(cohort, n, BENCH_SEED, workers=workers)
         synth_s = time.perf_counter() - t0
-        ev = evaluate(cohort, workers=workers, pipeline=pipe, dataset=dataset)
+        ev = evaluate(cohort, workers=workers, pipeline=pipe, dataset=dataset, keep_predictions=True)
         ct, rec = real_size_study(tmp / "big")
         predict_s, times = median_seconds(lambda: pipe.predict(study=ct, record=rec), repeats=3, warmup=1)
     abl = ev["ablations"]
@@ -74,7 +78,7 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
     for k, v in abl.items():
         report.add(f"{k}-only AUROC (others masked)", v)
     report.add("fused - best single modality", ev["auroc"] - best_single, FUSION_MARGIN)
-    report.add("ECE (15 bins)", ev["ece"], ECE_TARGET)
+    report.add(f"ECE (15 bins; post-hoc calibration: {ev['calibration']})", ev["ece"], ECE_TARGET)
     report.add("Brier", ev["brier"])
     report.add("predict 512x512x200 CT + record (s, median of 3)", predict_s, PREDICT_SECONDS)
     report.add("evaluation throughput (studies/s)", ev["studies_per_second"], STUDIES_PER_SECOND)
@@ -84,6 +88,9 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
     report.add("reported nodules: sensitivity >= 6 mm / false per scan",
                f"{froc['sensitivity']:.2f} / {froc['false_per_scan']:.2f}")
     _real_rows(report, pipe)
+    y, p = np.array(ev.pop("labels")), np.array(ev.pop("probabilities"), dtype=float)
+    report.figures["reliability"] = lambda path: plot_calibration(
+        y[p == p], p[p == p], path, f"reliability, bench cohort (n={int((p == p).sum())}, ECE {ev['ece']:.3f})")
     report.details.update(auprc=ev["auprc"], sensitivity_at_90_specificity=ev["sensitivity_at_90_specificity"],
                           predict_runs=times, synth_seconds=round(synth_s, 1), model=pipe.path, quick=quick,
                           froc=froc)

@@ -80,7 +80,34 @@ def train(data: Path = typer.Argument(..., help="cohort folder with manifest.csv
         res = train_fn(data, out, config, set_, fusion, mods, epochs, resume, workers, device)
         summary = {"out": res["out"], "epochs_run": res["epochs_run"], "n_train": res["n_train"],
                    "n_val": res["n_val"], **{k: v for k, v in res["best"].items() if k != "lr"}}
+        for k, v in (res.get("calibration") or {}).items():
+            summary[f"calibration {k}"] = v
         _show("medical train", summary, json_out)
+
+    _run(go)
+
+
+@app.command()
+def calibrate(data: Path = typer.Argument(..., help="the cohort folder (manifest.csv) the model was trained on"),
+              model: Path = typer.Option(..., "--model", help="checkpoint to calibrate (rewritten in place)"),
+              val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.01, max=0.9,
+                                                 help="the training run's validation fraction"),
+              seed: int = typer.Option(0, "--seed", help="the training run's train.seed"),
+              workers: int = WORKERS_OPT,
+              json_out: bool = JSON_OPT):
+    """Fit post-hoc Platt scaling on the training run's validation split and store it in the checkpoint
+    (`train` does this itself at the end; this re-does it, e.g. for a checkpoint trained before it existed)."""
+
+    def go():
+        from .train import calibrate as calibrate_fn
+
+        try:
+            res = calibrate_fn(model, data, val_fraction, seed, workers)
+        except ValueError as exc:
+            from mmapps.errors import UserError
+
+            raise UserError(str(exc)) from None
+        _show("medical calibrate", res, json_out)
 
     _run(go)
 

@@ -111,8 +111,10 @@ def collate(samples):
 
 
 @torch.no_grad()
-def predict_batches(model, dataset, device, batch_size: int = 16, only: str | None = None) -> np.ndarray:
-    """Malignancy probabilities for a dataset; ``only`` masks every other modality (ablation)."""
+def predict_batches(model, dataset, device, batch_size: int = 16, only: str | None = None,
+                    calibration=None) -> np.ndarray:
+    """Malignancy probabilities for a dataset; ``only`` masks every other modality (ablation); ``calibration``:
+    the checkpoint's post-hoc logit map (``mmapps.calibration.LogitScaling``), identity when None."""
     from mmapps.data import move_to
 
     model.eval()
@@ -126,7 +128,8 @@ def predict_batches(model, dataset, device, batch_size: int = 16, only: str | No
             if keep is None or not keep.any():
                 out.append(np.full(len(batch["meta"]), np.nan))
                 continue
-        p = torch.sigmoid(model(model_inputs(batch))["outputs"]["malignancy"].reshape(-1))
+        z = model(model_inputs(batch))["outputs"]["malignancy"].reshape(-1).float()
+        p = torch.sigmoid(calibration(z) if calibration is not None else z)
         if only is not None:
             p = torch.where(batch["present"][only].bool(), p, torch.full_like(p, float("nan")))
         out.append(p.float().cpu().numpy())

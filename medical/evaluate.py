@@ -8,9 +8,10 @@ import numpy as np
 
 
 def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1), device: str = "auto",
-             pipeline=None, dataset=None) -> dict:
+             pipeline=None, dataset=None, keep_predictions: bool = False) -> dict:
     """Metrics of a model on a cohort folder. ``dataset``: a CohortDataset of the same rows already read (with
-    ``all_nodules``), e.g. to score several checkpoints without re-reading the studies."""
+    ``all_nodules``), e.g. to score several checkpoints without re-reading the studies. ``keep_predictions``
+    adds "labels" and "probabilities" (per labelled row) for pictures such as the reliability diagram."""
     import time
 
     from mmapps.metrics import binary_metrics
@@ -31,7 +32,8 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
     t0 = time.perf_counter()
     ds = dataset if dataset is not None else CohortDataset(root, labelled, pipe.config, with_targets=False,
                                                            workers=workers, description="evaluating", all_nodules=True)
-    p = study_max(predict_batches(pipe.model, ds, pipe.device), ds.groups, len(labelled))
+    p = study_max(predict_batches(pipe.model, ds, pipe.device, calibration=pipe.calibration), ds.groups,
+                  len(labelled))
     seconds = time.perf_counter() - t0
     if dataset is not None:  # read earlier: count its reading time, or the throughput would flatter
         seconds += float(getattr(dataset, "read_seconds", 0.0))
@@ -42,10 +44,14 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
         result["oracle_auroc"] = binary_metrics(y, np.array(oracle, dtype=float))["auroc"]
     ablations = {}
     for m in pipe.config.modalities:
-        pm = study_max(predict_batches(pipe.model, ds, pipe.device, only=m), ds.groups, len(labelled))
+        pm = study_max(predict_batches(pipe.model, ds, pipe.device, only=m, calibration=pipe.calibration),
+                       ds.groups, len(labelled))
         ok = ~np.isnan(pm)
         ablations[m] = binary_metrics(y[ok], pm[ok])["auroc"] if ok.sum() >= 2 else float("nan")
     result["ablations"] = ablations
+    result["calibration"] = "platt" if pipe.calibration.n else "none"
+    if keep_predictions:
+        result["labels"], result["probabilities"] = y.tolist(), p.tolist()
     result["seconds"] = round(seconds, 3)
     result["studies_per_second"] = round(len(labelled) / max(seconds, 1e-9), 2)
     result["shard"] = f"{shard[0]}/{shard[1]}"

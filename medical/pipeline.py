@@ -39,6 +39,9 @@ class Pipeline(CorePipeline):
 
             raise CheckpointError(f"{path or 'checkpoint'}: meta 'prevalence' must be a number in (0, 1); "
                                   f"got {prevalence!r}")
+        from mmapps.calibration import LogitScaling
+
+        self.calibration = LogitScaling.from_meta(self.meta, path)  # identity for an uncalibrated checkpoint
 
     @classmethod
     def build_model(cls, config: ModelConfig):
@@ -153,7 +156,7 @@ class Pipeline(CorePipeline):
         result: dict = {"assessable": inputs["assessable"], "reasons": list(inputs["reasons"]), "probability": None}
         contributions: dict = {}
         if outputs:
-            probs = torch.sigmoid(outputs["outputs"]["malignancy"].reshape(-1)).tolist()
+            probs = torch.sigmoid(self.calibration(outputs["outputs"]["malignancy"].reshape(-1).float())).tolist()
             for n, p in zip(nodules, probs):
                 n["probability"] = round(float(p), 4)
             k = int(np.argmax(probs))  # the study's probability is its most suspicious nodule's
@@ -169,6 +172,8 @@ class Pipeline(CorePipeline):
         result["recommendation"] = recommendation(category)
         result["risk_basis"] = RISK_BASIS
         result["calibration"] = {"prevalence": float(self.meta.get("prevalence", TRAINING_PREVALENCE)),
+                                 "method": "platt" if self.calibration.n else "none",
+                                 "fitted_on": self.calibration.fitted_on or None,
                                  "note": "probabilities are calibrated to the training cohort's malignancy share; "
                                          "screen-detected nodules are about 1-5 % malignant"}
         analysis = inputs["analysis"]

@@ -83,5 +83,45 @@ def train(data, out, config=None, overrides: list[str] | None = None, fusion: st
                       eval_fn=eval_fn if val_ds is not None else None)
     history = trainer.fit(train_ds, val_ds, resume=resume)
     best = min(history, key=lambda r: r.get("val_loss", r["train_loss"])) if history else {}
+    calibration = None
+    if val_ds is not None and trainer.dist.is_main:
+        try:
+            calibration = calibrate(out, data, cfg.val_fraction, cfg.train.seed, workers=cfg.workers)
+        except ValueError as exc:  # too few or one-class validation rows: keep the uncalibrated checkpoint
+            calibration = {"skipped": str(exc)}
     return {"out": str(out), "epochs_run": len(history), "n_train": len(train_rows), "n_val": len(val_rows),
-            "best": best, "config": config_to_dict(cfg)}
+            "best": best, "calibration": calibration, "config": config_to_dict(cfg)}
+
+
+def calibrate(checkpoint, data, val_fraction: float = 0.2, seed: int = 0, workers: int = 1) -> dict:
+    """Fit the post-hoc logit map (``mmapps.calibration.LogitScaling``, Platt scaling) on the validation split of
+    the cohort the checkpoint was trained on (the same core split: same rows, fraction and seed), scoring each
+    study by its most suspicious nodule as ``predict`` does, and store it in the checkpoint (atomically).
+    Returns {"scale", "bias", "n", "val_ece_before", "val_ece_after"}: in-sample on validation; the bench
+    measures ECE on an unseen cohort."""
+    from mmapps.calibration import META_KEY, LogitScaling, logit
+    from mmapps.checkpoint import load_checkpoint, save_checkpoint
+    from mmapps.metrics import expected_calibration_error
+
+    from .dataset import predict_batches, study_max
+    from .manifest import read_manifest
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.from_checkpoint(checkpoint, device="cpu")
+    root, rows = read_manifest(data)
+    _, val_rows = split_rows(rows, val_fraction, seed)
+    val_rows = [r for r in val_rows if r.get("label", "") in ("0", "1")]
+    if not val_rows:
+        raise ValueError(f"{root}: no labelled validation rows to calibrate on")
+    ds = CohortDataset(root, val_rows, pipe.config, with_targets=False, workers=workers,
+                       description="calibrating on validation studies", all_nodules=True)
+    p = study_max(predict_batches(pipe.model, ds, pipe.device), ds.groups, len(val_rows))
+    y = np.array([int(r["label"]) for r in val_rows])
+    ok = ~np.isnan(p)
+    cal = LogitScaling.fit(logit(p[ok]), y[ok], fitted_on=f"validation split of {root.name} "
+                                                           f"({int(ok.sum())} patients, fraction {val_fraction}, seed {seed})")
+    bundle = load_checkpoint(checkpoint)
+    save_checkpoint(checkpoint, bundle["state_dict"], bundle["config"], {**bundle["meta"], META_KEY: cal.to_meta()})
+    return {"scale": round(cal.scale, 4), "bias": round(cal.bias, 4), "n": cal.n,
+            "val_ece_before": round(expected_calibration_error(y[ok], p[ok]), 4),
+            "val_ece_after": round(expected_calibration_error(y[ok], cal.probability(logit(p[ok]))), 4)}

@@ -68,6 +68,8 @@ class BenchReport:
     details: dict = field(default_factory=dict)
     machine: str = field(default_factory=lambda: describe_machine())
     date: str = field(default_factory=lambda: time.strftime("%Y-%m-%d"))
+    # pictures the bench can draw, name -> callable(path) -> path; `mmapps bench X --out DIR` writes DIR/name.png
+    figures: dict = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, metric: str, measured, target: Target | None = None) -> BenchRow:
         row = BenchRow.check(metric, measured, target)
@@ -75,7 +77,17 @@ class BenchReport:
         return row
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["figures"] = sorted(self.figures)
+        return out
+
+    def write_figures(self, folder) -> list:
+        """Draw every figure into ``folder`` as <name>.png; returns the paths."""
+        from pathlib import Path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return [draw(folder / f"{name}.png") for name, draw in sorted(self.figures.items())]
 
     def to_markdown(self) -> str:
         lines = [f"**{self.scenario}** — {self.dataset} (seed {self.seed}); {self.date}, {self.machine}", "",

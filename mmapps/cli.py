@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from .cli_utils import _error_line_group, emit_json, fail, print_table, run_command, quiet_library_output
+from .cli_utils import _error_line_group, console as err_console, emit_json, fail, print_table, run_command, quiet_library_output
 from .scenarios import get_scenario, list_scenarios
 
 quiet_library_output()
@@ -105,10 +105,19 @@ def demo(out: Path = typer.Option(Path("demo_out"), "--out", help="folder for th
 def bench(scenario: str = typer.Argument(..., help="a registered scenario: medical, driving or assistant"),
           quick: bool = typer.Option(False, "--quick", help="smaller sets: a smoke run, not the reported numbers"),
           json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
-          markdown: bool = typer.Option(False, "--markdown", help="the README table (markdown) on stdout")):
+          markdown: bool = typer.Option(False, "--markdown", help="the README table (markdown) on stdout"),
+          out: Optional[Path] = typer.Option(None, "--out", help="folder for the bench's pictures (e.g. medical's "
+                                                               "reliability diagram)")):
     """The scenario benchmark of DESIGN section 5: rows {metric, measured, target, met}."""
     spec = run_command(get_scenario, scenario)
+    if out is not None:
+        from .cli_utils import check_output_dir
+
+        run_command(check_output_dir, out)  # refused before minutes of work, not after
     report = run_command(spec.bench, quick=quick)
+    if out is not None:
+        for path in run_command(report.write_figures, out):
+            err_console.print(f"wrote {path}")
     if json_out:
         emit_json(report.to_dict())
     elif markdown:

@@ -116,3 +116,38 @@ def test_validation_split_is_stratified_by_label():
     assert len(val) == 10 and not {r["patient_id"] for r in train} & {r["patient_id"] for r in val}
     assert sum(r["label"] == "1" for r in val) == 2  # the 20 % positives keep their share
     assert split_rows(rows, 0.25, seed=0) == (train, val)
+
+
+def test_stored_calibration_moves_probabilities_not_the_ranking(tiny_model, tiny_cohort, tmp_path):
+    import csv
+
+    from medical import Pipeline
+    from medical.evaluate import evaluate
+    from mmapps.calibration import META_KEY, LogitScaling, logit
+    from mmapps.checkpoint import load_checkpoint, save_checkpoint
+
+    bundle = load_checkpoint(tiny_model)
+    calibrated = tmp_path / "cal.pt"
+    cal = LogitScaling(0.5, -1.0, "test", 50)
+    save_checkpoint(calibrated, bundle["state_dict"], bundle["config"], {**bundle["meta"], META_KEY: cal.to_meta()})
+    rows = list(csv.DictReader(open(tiny_cohort / "manifest.csv")))
+    pdir = tiny_cohort / "patients" / max(rows, key=lambda r: float(r["nodule_size_mm"]))["patient_id"]
+    raw = Pipeline.from_checkpoint(tiny_model, device="cpu").predict(study=pdir / "ct", record=pdir / "record.json")
+    res = Pipeline.from_checkpoint(calibrated, device="cpu").predict(study=pdir / "ct", record=pdir / "record.json")
+    assert res["probability"] == pytest.approx(float(cal.probability(logit([raw["probability"]]))[0]), abs=2e-4)
+    assert res["calibration"]["method"] == "platt" and raw["calibration"]["method"] == "none"
+    a, b = evaluate(tiny_cohort, tiny_model, device="cpu"), evaluate(tiny_cohort, calibrated, device="cpu")
+    assert a["auroc"] == pytest.approx(b["auroc"]) and a["brier"] != pytest.approx(b["brier"])
+    assert b["calibration"] == "platt"
+
+
+def test_calibrate_refuses_a_validation_split_too_small_to_fit(tiny_model, tiny_cohort, tmp_path):
+    import shutil
+
+    from medical.train import calibrate
+
+    copy = tmp_path / "m.pt"
+    shutil.copy(tiny_model, copy)
+    with pytest.raises(ValueError, match="calibration needs"):
+        calibrate(copy, tiny_cohort, val_fraction=0.25)  # 3 validation patients
+    assert copy.read_bytes() == tiny_model.read_bytes()  # nothing half-written
