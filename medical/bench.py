@@ -78,6 +78,10 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
     for k, v in abl.items():
         report.add(f"{k}-only AUROC (others masked)", v)
     report.add("fused - best single modality", ev["auroc"] - best_single, FUSION_MARGIN)
+    for k, v in ev["component_ablations"].items():
+        report.add(f"{k} AUROC (head part ablation)", v)
+    report.add("measured-only logistic regression AUROC (5-fold CV on this cohort, no CNN)",
+               ev["measured_only_cv_auroc"])
     report.add(f"ECE (15 bins; post-hoc calibration: {ev['calibration']})", ev["ece"], ECE_TARGET)
     report.add("Brier", ev["brier"])
     report.add("predict 512x512x200 CT + record (s, median of 3)", predict_s, PREDICT_SECONDS)

@@ -49,6 +49,8 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
         ok = ~np.isnan(pm)
         ablations[m] = binary_metrics(y[ok], pm[ok])["auroc"] if ok.sum() >= 2 else float("nan")
     result["ablations"] = ablations
+    result["component_ablations"] = component_ablations(pipe, ds, y, len(labelled))
+    result["measured_only_cv_auroc"] = measured_only_cv(ds, y)
     result["calibration"] = "platt" if pipe.calibration.n else "none"
     if keep_predictions:
         result["labels"], result["probabilities"] = y.tolist(), p.tolist()
@@ -109,3 +111,60 @@ def detection_froc(n_scans: int = 40, seed: int = 424242, shape=(64, 128, 128), 
             "score_at_fp": score_at,
             "sensitivity": found / max(targets, 1), "false_per_scan": len(fp) / n_scans,
             "mean_relative_diameter_error": float(np.mean(size_err)) if size_err else None}
+
+
+def component_ablations(pipe, ds, y, n_rows: int) -> dict:
+    """AUROC of the malignancy head's two parts on their own (every modality present): the linear Brock/PLCO term
+    on the measured CT variables and the record ("measured linear term only") and the MLP on the fused learned
+    features ("learned residual only"). Empty for a head without these parts."""
+    from mmapps.metrics import binary_metrics
+
+    from .dataset import predict_batches, study_max
+
+    head = pipe.model.heads["malignancy"]
+    if not hasattr(head, "parts"):
+        return {}
+    out = {}
+    for name, part in (("measured linear term only", "linear"), ("learned residual only", "residual")):
+        head.parts = (part,)
+        try:
+            p = study_max(predict_batches(pipe.model, ds, pipe.device), ds.groups, n_rows)
+        finally:
+            head.parts = ("linear", "residual")
+        ok = ~np.isnan(p)
+        out[name] = binary_metrics(y[ok], p[ok])["auroc"] if ok.sum() >= 2 else float("nan")
+    return out
+
+
+def measured_only_cv(ds, y, folds: int = 5, seed: int = 0) -> float:
+    """A measured-only model without the CNN: a logistic regression (scikit-learn) on the measured CT variables
+    of each study's largest reported nodule + the record vector, scored by stratified k-fold cross-validation on
+    this cohort (fitted on 4/5, scored on the unseen 1/5). NaN when the cohort is too small."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mmapps.metrics import binary_metrics
+
+    from .models import MEASURED_FEATURES
+
+    first: dict[int, dict] = {}
+    for g, sample in zip(ds.groups, ds.samples):
+        first.setdefault(int(g), sample)  # samples come largest nodule first
+    if len(first) != len(y) or min(np.bincount(y, minlength=2)) < folds:
+        return float("nan")
+    rows = []
+    for i in range(len(y)):
+        s = first[i]
+        ct = s.get("ct")
+        geom = ct["geom"].float().numpy() if ct is not None else np.zeros(len(MEASURED_FEATURES), np.float32)
+        rec = s["record"].float().numpy() if s.get("record") is not None else None
+        if rec is None:
+            return float("nan")  # the record is part of every measured-only model (Brock + PLCO)
+        rows.append(np.concatenate([geom, [0.0 if ct is not None else 1.0], rec]))
+    x = np.stack(rows)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    p = cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                          method="predict_proba")[:, 1]
+    return binary_metrics(y, p)["auroc"]

@@ -205,9 +205,14 @@ class BrockPLCOHead(nn.Module):
         self.residual = nn.Sequential(nn.Linear(fused_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
         self.measured = nn.Linear(measured_dim, 1, bias=False) if measured_dim else None
         self.record = nn.Linear(record_dim, 1, bias=False) if record_dim else None
+        self.parts = ("linear", "residual")  # evaluation switches one off to measure the other (ablation)
 
     def forward(self, fused, context=None):
         out = self.residual(fused)
+        if "residual" not in self.parts:
+            out = out * 0.0 + self.residual[-1].bias  # keep the bias: it is the shared intercept
+        if "linear" not in self.parts:
+            return out
         batch, present = (context or {}).get("batch", {}), (context or {}).get("present", {})
         if self.measured is not None and "ct" in present:
             out = out + self.measured(batch["ct"]["geom"]) * present["ct"].float()[:, None]
