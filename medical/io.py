@@ -69,7 +69,7 @@ def _short(e: Exception) -> str:
 def _pixels(ds, path: Path) -> np.ndarray:
     from mmapps.inputs import read_dicom
 
-    ds = read_dicom(path)  # the header was read without pixel data; the whole series fits the budget
+    ds = read_dicom(path, header_checked=True)  # its header passed the budget checks; the series fits as a whole
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise UserError(f"{path}: DICOM file has no pixel data")
     try:
@@ -199,7 +199,8 @@ def _load_dicom(path: str | Path, require_ct: bool) -> Volume:
         keep, dz, note = _consistent_run(pos)
         if note:
             warnings.append(f"{path}: {note}")
-        vol = vol[keep]
+        if len(keep) < len(vol):  # fancy indexing copies the whole volume: only when slices were dropped
+            vol = vol[keep]
     else:
         keep = np.arange(1)
     ps = _floats(first, "PixelSpacing", 2) or [1.0, 1.0]
@@ -218,7 +219,7 @@ def _load_dicom(path: str | Path, require_ct: bool) -> Volume:
         warnings.append(f"{path}: a single slice, not a volume; the prediction rests on one 2D image")
     if not np.isfinite(vol).all():
         raise UserError(f"{path}: pixel data contains NaN or infinite values")
-    return Volume(vol.astype(np.float32), spacing, modality, str(path), warnings, affine, tags)
+    return Volume(vol.astype(np.float32, copy=False), spacing, modality, str(path), warnings, affine, tags)
 
 
 def _modality(ds) -> str:

@@ -17,8 +17,13 @@ def masked_contributions(model, batch: dict, head: str, index: int | None = None
     try:
         kind = getattr(model.heads[head], "kind", "binary")
 
+        # encode once; each masked variant only re-runs fusion and the head (the encoders are the costly part)
+        context: dict = {"batch": batch}
+        features, _ = model.encode(batch, context)
+
         def prob(present):
-            out = model({**batch, "present": present})["outputs"][head]
+            feats, ctx = model.with_present(features, context, present)
+            out = model.decode(feats, present, ctx)["outputs"][head]
             p = predict_proba(out, kind)
             return p[:, index] if index is not None and p.dim() == 2 else p.reshape(-1)
 

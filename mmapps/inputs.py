@@ -124,20 +124,35 @@ DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
 DICOM_INFLATED_BYTES = 2 * LIMITS.volume_voxels  # a deflated DICOM may inflate to at most one int16 volume budget
 
 
+_QUIET_DEPTH = [0]
+
+
 @contextlib.contextmanager
 def quiet_pydicom():
-    """pydicom warns (and logs) about every oddity of a damaged file; a clean error must stay one line."""
+    """pydicom warns (and logs) about every oddity of a damaged file; a clean error must stay one line.
+
+    Re-entrant: nested uses (a series read inside one quiet block) cost nothing; only the outermost one touches
+    the logger, whose ``setLevel`` clears every logger's cache (about 1 ms each time, per file of a series)."""
     import logging
     import warnings
 
+    if _QUIET_DEPTH[0]:
+        _QUIET_DEPTH[0] += 1
+        try:
+            yield
+        finally:
+            _QUIET_DEPTH[0] -= 1
+        return
     log = logging.getLogger("pydicom")
     level = log.level
     log.setLevel(logging.CRITICAL)
+    _QUIET_DEPTH[0] = 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        _QUIET_DEPTH[0] = 0
         log.setLevel(level)
 
 
@@ -221,9 +236,11 @@ def read_dicom_header(path: str | os.PathLike, max_voxels: int | None = None):
     return ds
 
 
-def read_dicom(path: str | os.PathLike, max_voxels: int | None = None):
-    """The full DICOM dataset (pixel data included, not yet decoded) after :func:`read_dicom_header`'s checks."""
-    read_dicom_header(path, max_voxels)
+def read_dicom(path: str | os.PathLike, max_voxels: int | None = None, header_checked: bool = False):
+    """The full DICOM dataset (pixel data included, not yet decoded) after :func:`read_dicom_header`'s checks
+    (skipped with ``header_checked``: the caller has just read this file's header with them, e.g. a series)."""
+    if not header_checked:
+        read_dicom_header(path, max_voxels)
     import pydicom
 
     with quiet_pydicom():

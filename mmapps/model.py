@@ -147,6 +147,29 @@ class FusionModel(nn.Module):
             raise ValueError("every sample in the batch has no modality present")
         return features, present
 
+    def decode(self, features: dict, present: dict, context: dict) -> dict:
+        """Fusion + heads on encoded features: {"outputs", "fused", "weights", "present"}. Split from forward so
+        a caller can encode once and decode under several presence masks (``with_present``)."""
+        context["present"] = present
+        fused = self.fusion(features, present)
+        outputs = {name: head(fused, context) for name, head in self.heads.items()}
+        return {"outputs": outputs, "fused": fused, "weights": dict(getattr(self.fusion, "last_weights", {})),
+                "present": present}
+
+    @staticmethod
+    def with_present(features: dict, context: dict, present: dict) -> tuple[dict, dict]:
+        """Encoded features and encoder context as ``encode`` would have returned them under a narrower presence
+        mask: rows of a masked modality become zeros, a modality absent everywhere is left out."""
+        feats, ctx = {}, {k: v for k, v in context.items() if k not in features}
+        for m, f in features.items():
+            mask = present.get(m)
+            if mask is None or not mask.any():
+                continue
+            feats[m] = _zero_rows(f, mask)
+            if m in context:
+                ctx[m] = _zero_rows(context[m], mask)
+        return feats, ctx
+
     def forward(self, batch: dict) -> dict:
         """Args:
             batch: {modality: Tensor or dict of Tensors [B, ...], "present": {modality: [B] bool},
@@ -157,14 +180,11 @@ class FusionModel(nn.Module):
         """
         context: dict = {"batch": batch}
         features, present = self.encode(batch, context)
-        context["present"] = present
-        fused = self.fusion(features, present)
-        outputs = {name: head(fused, context) for name, head in self.heads.items()}
-        result = {"outputs": outputs, "fused": fused, "weights": dict(getattr(self.fusion, "last_weights", {})),
-                  "present": present}
+        result = self.decode(features, present, context)
         targets = batch.get("targets")
         if targets:
-            losses = {name: self.heads[name].loss(outputs[name], _to(targets[name], fused.device), context)
+            outputs, device = result["outputs"], result["fused"].device
+            losses = {name: self.heads[name].loss(outputs[name], _to(targets[name], device), context)
                       for name in self.heads if name in targets}
             result["losses"] = losses
             result["loss"] = sum(float(getattr(self.heads[n], "weight", 1.0)) * l for n, l in losses.items())
@@ -181,6 +201,12 @@ def _index(x, mask):
     if isinstance(x, dict):
         return {k: _index(v, mask) for k, v in x.items()}
     return x[mask]
+
+
+def _zero_rows(x, mask):
+    if isinstance(x, dict):
+        return {k: _zero_rows(v, mask) for k, v in x.items()}
+    return x * mask.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
 
 
 def _scatter(out, mask):

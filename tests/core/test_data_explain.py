@@ -37,3 +37,21 @@ def test_masked_contributions_follow_the_informative_modality(tmp_path):
     model.eval()
     weights = model(batch)["weights"]
     assert weights["a"].mean() > weights["b"].mean()
+
+
+def test_decoding_cached_encodings_under_a_narrower_mask_equals_a_fresh_forward():
+    from mmapps.model import FusionModel
+
+    for fusion in ("concat", "weighted", "gated", "attention"):
+        torch.manual_seed(0)
+        model = toy_model(fusion=fusion, modality_dropout=0.0).eval()
+        ds = ToyDataset(16, 3)
+        batch = collate_samples([ds[i] for i in range(16)])
+        context = {"batch": batch}
+        features, present = model.encode(batch, context)
+        reduced = {**present, "a": torch.arange(16) % 2 == 0}  # drop "a" from every other sample
+        feats, ctx = FusionModel.with_present(features, context, reduced)
+        cached = model.decode(feats, reduced, ctx)["outputs"]["label"]
+        fresh = model({**batch, "present": reduced})["outputs"]["label"]
+        assert torch.allclose(cached, fresh, atol=1e-6), fusion
+        assert not torch.allclose(cached, model(batch)["outputs"]["label"], atol=1e-4)
