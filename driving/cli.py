@@ -72,7 +72,8 @@ def train(data: Path = typer.Argument(..., help="KITTI folder with training/{vel
             overrides.append(f"train.epochs={epochs}")
         overrides.append(f'train.device="{device}"')
         s = load_config(TrainSettings, config, overrides)
-        return train_fn(data, out, s.model, s.train, val=val, resume=resume, init=init)
+        return train_fn(data, out, s.model, s.train, val=val, resume=resume, init=init,
+                        gt_sampling=s.augment.gt_sampling())
 
     res = run_command(go)
     import os

@@ -25,10 +25,18 @@ class FrameDataset(torch.utils.data.Dataset):
     draw mirrors, rotates (+-45 degrees), scales and shifts the lidar scene and its boxes (``preprocess.augmentation``),
     so the detector cannot learn where objects usually are or which way they usually point."""
 
-    def __init__(self, split, ids, cfg: DetectorConfig, augment: bool = False, seed: int = 0):
+    def __init__(self, split, ids, cfg: DetectorConfig, augment: bool = False, seed: int = 0,
+                 gt_sampling: dict[str, int] | None = None, bank=None):
         self.split, self.ids, self.cfg, self.augment, self.seed = Path(split), list(ids), cfg, augment, seed
         self.rng = np.random.default_rng(seed)  # one stream: same seed and order -> same augmentations
         self._worker_rng: tuple[int, np.random.Generator] | None = None
+        # ground-truth sampling: objects pasted per frame by class, from a bank of THESE (training) frames only
+        self.gt_sampling = {cfg.classes.index(c): int(k) for c, k in (gt_sampling or {}).items() if int(k) > 0}
+        self.bank = bank
+        if augment and self.gt_sampling and self.bank is None:
+            from .gt_sampling import ObjectBank
+
+            self.bank = ObjectBank.from_frames(self.split, self.ids, cfg, seed=seed)
 
     def __len__(self):
         return len(self.ids)
@@ -45,8 +53,26 @@ class FrameDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         frame = load_frame(self.split, self.ids[i])
-        transform = augmentation(self._stream()) if self.augment else None
+        rng = self._stream()
+        if self.augment and self.bank is not None and self.gt_sampling:
+            frame = paste_objects(frame, self.bank, self.cfg, rng, self.gt_sampling)
+        transform = augmentation(rng) if self.augment else None
         return make_sample(frame, self.cfg, targets=True, transform=transform)
+
+
+def paste_objects(frame, bank, cfg: DetectorConfig, rng, per_class: dict[int, int]):
+    """The frame with ground-truth-sampled objects pasted in: their points join the sweep, their labels join
+    label_2 (as KITTI labels, so the rest of the pipeline sees an ordinary frame)."""
+    from dataclasses import replace
+
+    from .io import lidar_box_to_label
+    from .preprocess import gt_boxes
+
+    boxes, labels = gt_boxes(frame, cfg)
+    points, new_boxes, new_labels = bank.paste(frame.points, boxes, labels, rng, per_class)
+    added = [lidar_box_to_label(b, frame.calib, cfg.classes[int(c)], image_shape=frame.image.shape)
+             for b, c in zip(new_boxes[len(boxes):], new_labels[len(boxes):])]
+    return replace(frame, points=points, labels=list(frame.labels or []) + added)
 
 
 def validation_ap(split, ids, cfg: DetectorConfig):
@@ -110,7 +136,7 @@ def checkpoint_config(detector: DetectorConfig) -> dict:
 
 
 def train(data, out, detector: DetectorConfig, train_cfg: TrainConfig, val=None, val_fraction: float = 0.1,
-          resume: bool = False, quiet: bool = False, init=None) -> dict:
+          resume: bool = False, quiet: bool = False, init=None, gt_sampling: dict[str, int] | None = None) -> dict:
     """Train the fusion detector with the core Trainer; returns the history summary.
 
     Args:
@@ -119,6 +145,8 @@ def train(data, out, detector: DetectorConfig, train_cfg: TrainConfig, val=None,
         detector: the model config; train_cfg: the core TrainConfig.
         val: optional separate labelled KITTI folder; otherwise ``val_fraction`` of ``data`` (core split).
         init: optional driving checkpoint to warm-start from (``warm_start``).
+        gt_sampling: objects pasted per training frame by class name (``driving.gt_sampling``), e.g.
+            {"Car": 2, "Pedestrian": 3, "Cyclist": 3}; None or zeros: off.
     Returns:
         {"out", "epochs", "history" (last epoch's metrics), "train_frames", "val_frames"}.
     """
@@ -141,10 +169,11 @@ def train(data, out, detector: DetectorConfig, train_cfg: TrainConfig, val=None,
     warm = warm_start(model, init) if init is not None else None
     trainer = Trainer(model, train_cfg, out, meta={"classes": list(detector.classes), "data": str(split),
                                                    "train_frames": len(tids), "val_frames": len(vids or []),
-                                                   "init": None if init is None else {"from": str(init), **warm}},
+                                                   "init": None if init is None else {"from": str(init), **warm},
+                                                   "gt_sampling": {k: v for k, v in (gt_sampling or {}).items() if v}},
                       model_config=checkpoint_config(detector), input_keys=("lidar", "camera"), quiet=quiet,
                       eval_fn=validation_ap(vsplit, vids, detector) if vids and train_cfg.monitor == "val_ap" else None)
-    history = trainer.fit(FrameDataset(split, tids, detector, augment=True, seed=train_cfg.seed),
+    history = trainer.fit(FrameDataset(split, tids, detector, augment=True, seed=train_cfg.seed, gt_sampling=gt_sampling),
                           FrameDataset(vsplit, vids, detector) if vids else None, resume=resume)
     return {"out": str(out), "epochs": len(history), "history": history[-1] if history else None,
             "train_frames": len(tids), "val_frames": len(vids or [])}
@@ -157,7 +186,25 @@ def _default_train() -> TrainConfig:
 
 
 @dataclass
+class AugmentSettings:
+    """Ground-truth sampling: objects pasted into each training frame, per class (0 = off)."""
+    gt_car: int = 0
+    gt_pedestrian: int = 0
+    gt_cyclist: int = 0
+
+    def validate(self) -> None:
+        from mmapps.config import check_range
+
+        for name in ("gt_car", "gt_pedestrian", "gt_cyclist"):
+            check_range(f"augment.{name}", getattr(self, name), 0, 20)
+
+    def gt_sampling(self) -> dict[str, int]:
+        return {"Car": self.gt_car, "Pedestrian": self.gt_pedestrian, "Cyclist": self.gt_cyclist}
+
+
+@dataclass
 class TrainSettings:
-    """`mmapps driving train --config F --set train.x=.. --set model.y=..`"""
+    """`mmapps driving train --config F --set train.x=.. --set model.y=.. --set augment.gt_cyclist=3`"""
     train: TrainConfig = field(default_factory=_default_train)
     model: DetectorConfig = field(default_factory=DetectorConfig)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
