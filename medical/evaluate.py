@@ -147,24 +147,30 @@ def measured_only_cv(ds, y, folds: int = 5, seed: int = 0) -> float:
 
     from mmapps.metrics import binary_metrics
 
-    from .models import MEASURED_FEATURES
-
     first: dict[int, dict] = {}
     for g, sample in zip(ds.groups, ds.samples):
         first.setdefault(int(g), sample)  # samples come largest nodule first
     if len(first) != len(y) or min(np.bincount(y, minlength=2)) < folds:
         return float("nan")
-    rows = []
-    for i in range(len(y)):
-        s = first[i]
-        ct = s.get("ct")
-        geom = ct["geom"].float().numpy() if ct is not None else np.zeros(len(MEASURED_FEATURES), np.float32)
-        rec = s["record"].float().numpy() if s.get("record") is not None else None
-        if rec is None:
-            return float("nan")  # the record is part of every measured-only model (Brock + PLCO)
-        rows.append(np.concatenate([geom, [0.0 if ct is not None else 1.0], rec]))
-    x = np.stack(rows)
+    x = measured_matrix([first[i] for i in range(len(y))])
+    if x is None:
+        return float("nan")  # the record is part of every measured-only model (Brock + PLCO)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
     p = cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                           method="predict_proba")[:, 1]
     return binary_metrics(y, p)["auroc"]
+
+
+def measured_matrix(samples: list[dict]) -> np.ndarray | None:
+    """[N, len(MEASURED_FEATURES) + 1 + record] rows: the measured CT variables (zeros without a CT), a no-CT flag
+    and the record vector; None when a sample has no record."""
+    from .models import MEASURED_FEATURES
+
+    rows = []
+    for s in samples:
+        ct = s.get("ct")
+        geom = ct["geom"].float().numpy() if ct is not None else np.zeros(len(MEASURED_FEATURES), np.float32)
+        if s.get("record") is None:
+            return None
+        rows.append(np.concatenate([geom, [0.0 if ct is not None else 1.0], s["record"].float().numpy()]))
+    return np.stack(rows)

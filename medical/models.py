@@ -161,9 +161,14 @@ class MedicalConfig:
         epochs=24, batch_size=16, lr=2e-3, weight_decay=1e-4, patience=6, monitor="val_loss", mode="min", seed=0))
     val_fraction: float = 0.2
     workers: int = 1
+    # "logistic": the head's Brock/PLCO linear term is a logistic regression fitted on the training split's measured
+    # CT variables + record before the network trains, then frozen (the CNN learns the residual); "joint": learned
+    # with the network from zero (the first round-2 model; its linear term alone reached only 0.68 AUROC)
+    linear_term: str = "logistic"
 
     def validate(self) -> None:
         check_range("val_fraction", self.val_fraction, 0.0, 0.9)
+        check_choice("linear_term", self.linear_term, ("logistic", "joint"))
 
 
 def build_model(cfg: ModelConfig):

@@ -75,10 +75,14 @@ def train(data, out, config=None, overrides: list[str] | None = None, fusion: st
     val_ds = CohortDataset(root, val_rows, cfg.model, True, cfg.workers, "reading validation studies") if val_rows else None
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
+    linear = None
+    if cfg.linear_term == "logistic" and cfg.model.measured and not resume:
+        linear = fit_linear_term(model, train_ds, [int(r["label"]) for r in train_rows])
     model_config = {"scenario": "medical", "model": config_to_dict(cfg.model)}
     meta = {"data": str(root), "n_train": len(train_rows), "n_val": len(val_rows),
             "ct_window": list(CT_WINDOW),
-            "prevalence": round(float(np.mean([float(r["label"]) for r in train_rows])), 4)}
+            "prevalence": round(float(np.mean([float(r["label"]) for r in train_rows])), 4),
+            "linear_term": linear or cfg.linear_term}
     trainer = Trainer(model, cfg.train, out, meta=meta, model_config=model_config, collate_fn=collate,
                       eval_fn=eval_fn if val_ds is not None else None)
     history = trainer.fit(train_ds, val_ds, resume=resume)
@@ -91,6 +95,42 @@ def train(data, out, config=None, overrides: list[str] | None = None, fusion: st
             calibration = {"skipped": str(exc)}
     return {"out": str(out), "epochs_run": len(history), "n_train": len(train_rows), "n_val": len(val_rows),
             "best": best, "calibration": calibration, "config": config_to_dict(cfg)}
+
+
+def fit_linear_term(model, train_ds, labels: list[int]) -> dict | None:
+    """Fit the head's Brock/PLCO-shaped linear term as a logistic regression (scikit-learn, standardised inputs) on
+    the training split's measured CT variables + record, write it into the head's two linear layers (and the shared
+    intercept), and freeze them: the network then learns only the residual. Returns a summary for the checkpoint
+    meta, or None when the head or the data do not allow it (no CT or no record modality, one class)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from .evaluate import measured_matrix
+
+    head = model.heads["malignancy"]
+    if getattr(head, "measured", None) is None or getattr(head, "record", None) is None:
+        return None
+    y = np.asarray(labels)
+    x = measured_matrix(train_ds.samples) if len(train_ds.samples) == len(y) else None
+    if x is None or len(set(y.tolist())) < 2:
+        return None
+    scaler = StandardScaler().fit(x)
+    lr = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(x), y)
+    w = lr.coef_[0] / scaler.scale_  # back to raw inputs: logit = w . x + b
+    b = float(lr.intercept_[0] - np.dot(lr.coef_[0], scaler.mean_ / scaler.scale_))
+    n_geom = head.measured.in_features
+    with torch.no_grad():
+        head.measured.weight.copy_(torch.tensor(w[None, :n_geom], dtype=torch.float32))
+        # w[n_geom] is the no-CT flag: the head drops the CT term for studies without one; the residual learns it
+        head.record.weight.copy_(torch.tensor(w[None, n_geom + 1:], dtype=torch.float32))
+        head.residual[-1].bias.fill_(b)
+    head.measured.weight.requires_grad_(False)
+    head.record.weight.requires_grad_(False)
+    from mmapps.metrics import binary_metrics
+
+    train_auroc = binary_metrics(y, lr.predict_proba(scaler.transform(x))[:, 1])["auroc"]
+    return {"kind": "logistic regression on the training split, frozen", "n": int(len(y)),
+            "train_auroc": round(float(train_auroc), 4)}
 
 
 def calibrate(checkpoint, data, val_fraction: float = 0.2, seed: int = 0, workers: int = 1) -> dict:

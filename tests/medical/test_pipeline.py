@@ -176,3 +176,35 @@ def test_measured_only_cross_validation_finds_a_signal_in_the_features():
     y_noise = rng.permutation(y)
     assert abs(measured_only_cv(ds, y_noise) - 0.5) < 0.15
     assert np.isnan(measured_only_cv(ds, y[:150]))  # rows and labels disagree: refused, not guessed
+
+
+def test_linear_term_is_a_frozen_logistic_regression_of_the_training_split():
+    import torch
+
+    from medical.models import MEASURED_FEATURES, ModelConfig, build_model
+    from medical.train import fit_linear_term
+
+    cfg = ModelConfig(ct_grid=16, mri_grid=12, ct_channels=[4, 8], mri_channels=[4, 8], encoder_dim=16,
+                      fusion_dim=16, modalities=["ct", "record"])
+    model = build_model(cfg)
+    rng = np.random.default_rng(0)
+    y = (rng.random(300) < 0.3).astype(int)
+    samples = []
+    for label in y:
+        geom = torch.tensor(rng.normal(size=len(MEASURED_FEATURES)), dtype=torch.float32)
+        geom[3] += 2.5 * label
+        samples.append({"ct": {"geom": geom}, "record": torch.tensor(rng.normal(size=26), dtype=torch.float32)})
+    ds = type("DS", (), {"samples": samples})()
+    info = fit_linear_term(model, ds, y.tolist())
+    head = model.heads["malignancy"]
+    assert info["kind"].startswith("logistic") and info["train_auroc"] > 0.9
+    assert not head.measured.weight.requires_grad and not head.record.weight.requires_grad
+    assert head.measured.weight[0, 3] > 0.5 > float(head.measured.weight[0, :3].abs().max())
+    # the frozen term alone reproduces the regression's ranking
+    geom = torch.stack([s["ct"]["geom"] for s in samples])
+    rec = torch.stack([s["record"] for s in samples])
+    z = (head.measured(geom) + head.record(rec)).detach().reshape(-1).numpy()
+    from mmapps.metrics import binary_metrics
+
+    assert binary_metrics(y, 1 / (1 + np.exp(-z)))["auroc"] == pytest.approx(info["train_auroc"], abs=1e-3)
+    assert fit_linear_term(build_model(ModelConfig(modalities=["mri", "record"])), ds, y.tolist()) is None
