@@ -157,16 +157,19 @@ def test_dataset_augments_on_the_fly(syn_root):
     assert torch.equal(again[0]["lidar"], a["lidar"])  # same seed, same augmentations
 
 
-def test_warm_start_copies_matching_and_slices_changed_tensors():
+def test_warm_start_copies_matching_and_slices_changed_tensors(tmp_path):
     import torch as th
 
-    from driving.train import warm_start
-    from mmapps.paths import data_dir
+    from driving.train import checkpoint_config, warm_start
+    from mmapps.checkpoint import save_checkpoint
 
-    path = data_dir() / "driving" / "model.pt"
+    # a checkpoint of the first bundled model's shape: coordinate channels, sin/cos heading (8 regression outputs)
+    old_cfg = DetectorConfig(coords=True, heading="sincos")
+    th.manual_seed(1)
+    save_checkpoint(tmp_path / "old.pt", BEVFusionDetector(old_cfg), checkpoint_config(old_cfg), {})
     model = BEVFusionDetector(DetectorConfig())
-    counts = warm_start(model, path)
-    old = th.load(path, weights_only=True)["state_dict"]
+    counts = warm_start(model, tmp_path / "old.pt")
+    old = th.load(tmp_path / "old.pt", weights_only=True)["state_dict"]
     assert counts["sliced"] >= 2 and counts["copied"] > 50
     assert th.equal(model.state_dict()["camera.cnn.0.0.weight"], old["camera.cnn.0.0.weight"])
     w = model.state_dict()["b2.0.weight"]  # lost the two coordinate input channels
