@@ -30,11 +30,18 @@ def ground_map(z: torch.Tensor, idx: torch.Tensor, cfg: DetectorConfig) -> torch
         low.scatter_reduce_(0, idx, z, "amin")
     grid = low.view(1, 1, cfg.nx, cfg.ny)
     k = cfg.ground_window | 1
-    near = -F.max_pool2d(-grid, k, 1, k // 2)
-    wide = -F.max_pool2d(-grid, 3 * k, 1, 3 * k // 2)
+    near = -_max_pool_separable(-grid, k)
+    wide = -_max_pool_separable(-grid, 3 * k)
     fallback = float(torch.quantile(z, 0.02)) if len(z) else -1.73
     g = torch.where(torch.isfinite(near), near, torch.where(torch.isfinite(wide), wide, torch.full_like(wide, fallback)))
     return g.view(cfg.nx, cfg.ny)
+
+
+def _max_pool_separable(x: torch.Tensor, k: int) -> torch.Tensor:
+    """k x k max pool (stride 1, same size) as a k x 1 then a 1 x k pool: the same result (max is separable) for
+    2k instead of k^2 comparisons per cell; the 27 x 27 ground window cost ~30 ms per frame the direct way."""
+    x = F.max_pool2d(x, (k, 1), 1, (k // 2, 0))
+    return F.max_pool2d(x, (1, k), 1, (0, k // 2))
 
 
 def lidar_bev(points: np.ndarray, cfg: DetectorConfig) -> tuple[torch.Tensor, torch.Tensor | None]:

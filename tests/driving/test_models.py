@@ -174,3 +174,16 @@ def test_warm_start_copies_matching_and_slices_changed_tensors(tmp_path):
     assert th.equal(model.state_dict()["camera.cnn.0.0.weight"], old["camera.cnn.0.0.weight"])
     w = model.state_dict()["b2.0.weight"]  # lost the two coordinate input channels
     assert w.shape[1] == old["b2.0.weight"].shape[1] - 2 and th.equal(w, old["b2.0.weight"][:, : w.shape[1]])
+
+
+def test_separable_ground_pool_equals_the_square_pool():
+    import torch as th
+    import torch.nn.functional as F
+
+    from driving.preprocess import _max_pool_separable
+
+    th.manual_seed(0)
+    x = th.randn(1, 1, 40, 50)
+    x[0, 0, ::7, ::5] = float("-inf")  # empty cells, as the ground map has them
+    for k in (1, 3, 9, 27):
+        assert th.equal(_max_pool_separable(x, k), F.max_pool2d(x, k, 1, k // 2))
