@@ -315,6 +315,12 @@ def is_garbled(text: str, seconds: float) -> bool:
         len(raw) > 40 and len(raw) / len(zlib.compress(raw)) > MAX_COMPRESSION)
 
 
+def transcript_confidence(text: str, words: list[dict], seconds: float) -> float | None:
+    """The ASR confidence the pipeline acts on: 0 for a looping or impossible transcript (``is_garbled``),
+    whatever its word probabilities, else ``asr_confidence``."""
+    return 0.0 if is_garbled(text, seconds) else asr_confidence(words)
+
+
 def asr_confidence(words: list[dict]) -> float | None:
     """Geometric mean of the word probabilities (None when the ASR gives none): one unsure word pulls it down."""
     probs = [w["probability"] for w in words if "probability" in w]

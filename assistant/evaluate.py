@@ -105,7 +105,7 @@ def evaluate_speech(pipe, examples: list[dict]) -> dict:
     (intent and all slot values right); WER over the rows that carry a reference text."""
     from mmapps.progress import track
 
-    from .asr import asr_confidence, is_garbled, wer_form
+    from .asr import transcript_confidence, wer_form
     from .io import SAMPLE_RATE, load_audio
     from .models import log_mel
 
@@ -114,7 +114,7 @@ def evaluate_speech(pipe, examples: list[dict]) -> dict:
         x = load_audio(e["audio"])
         text, words = pipe.asr.transcribe(x)
         hyps.append(text)
-        confs.append(0.0 if is_garbled(text, len(x) / SAMPLE_RATE) else asr_confidence(words))
+        confs.append(transcript_confidence(text, words, len(x) / SAMPLE_RATE))
         mels.append(log_mel(x) if pipe.meta.get("audio_trained", True) else None)
     preds = pipe.predict([h.split() or None for h in hyps], mels, asr_confidences=confs)
     out = {"n": len(examples), "mode": f"speech ({pipe.asr_name} ASR -> NLU)"}

@@ -292,11 +292,7 @@ def set_tag_constraints(model, tags: list[str]) -> None:
     """Give a new model's slot CRF the BIO rules of its tag list (saved with the weights, so set once)."""
     head = model.heads["tags"]
     if head.crf_on:
-        from mmapps.crf import FORBIDDEN
-
-        allowed, start = bio_constraints(tags)
-        head.crf.trans_penalty.copy_(torch.where(allowed, 0.0, FORBIDDEN))
-        head.crf.start_penalty.copy_(torch.where(start, 0.0, FORBIDDEN))
+        head.crf.set_constraints(*bio_constraints(tags))
 
 
 def decode_tags(model, scores: torch.Tensor, tags: list[str], lengths: list[int]) -> list[list[int]]:
@@ -309,24 +305,10 @@ def decode_tags(model, scores: torch.Tensor, tags: list[str], lengths: list[int]
 
 def bio_viterbi(logits: torch.Tensor, tags: list[str], lengths: list[int]) -> list[list[int]]:
     """Most probable tag sequence under BIO constraints (no I-X unless it follows B-X or I-X), from per-token
-    log-probabilities. logits [B, T, n_tags] -> one list of tag indices per sample (its length)."""
-    lp = torch.log_softmax(logits.float(), -1)
-    allowed, start = bio_constraints(tags)
-    trans = torch.where(allowed, 0.0, -1e4).to(lp.device)
-    out = []
-    for b, L in enumerate(lengths):
-        if L == 0:
-            out.append([])
-            continue
-        score = lp[b, 0] + torch.where(start, 0.0, -1e4).to(lp.device)
-        back = []
-        for t in range(1, L):
-            cand = score.unsqueeze(1) + trans  # [prev, cur]
-            best, arg = cand.max(0)
-            back.append(arg)
-            score = best + lp[b, t]
-        seq = [int(score.argmax())]
-        for arg in reversed(back):
-            seq.append(int(arg[seq[-1]]))
-        out.append(seq[::-1])
-    return out
+    log-probabilities. logits [B, T, n_tags] -> one list of tag indices per sample (its length): the Viterbi of
+    a core CRF whose learned scores are all zero, so only the BIO rules shape the path."""
+    from mmapps.crf import LinearChainCRF
+
+    crf = LinearChainCRF(len(tags), *bio_constraints(tags))
+    return crf.decode(torch.log_softmax(logits.float(), -1).cpu(), lengths)
+

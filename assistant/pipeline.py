@@ -14,7 +14,7 @@ from mmapps.checkpoint import CheckpointError
 from mmapps.errors import UserError
 from mmapps.pipeline import Pipeline as BasePipeline, check_finite_output
 
-from .asr import ASR_CHOICES, asr_confidence, get_recognizer, is_garbled
+from .asr import ASR_CHOICES, get_recognizer, transcript_confidence
 from .io import OOS, SAMPLE_RATE, check_text, decode_audio, load_audio, spans, tokenize
 from .models import ModelConfig, TextEmbedder, build_model, char_codes, collate, decode_tags, log_mel
 
@@ -202,8 +202,7 @@ class Pipeline(BasePipeline):
             transcript, words = self.asr.transcribe(x)
             if not transcript and text is None:
                 raise UserError(f"{name}: no speech recognised in the audio ({len(x) / SAMPLE_RATE:.2f} s)")
-            # a looping or impossible transcript counts as not understood, whatever its word probabilities
-            conf = 0.0 if is_garbled(transcript, len(x) / SAMPLE_RATE) else asr_confidence(words)
+            conf = transcript_confidence(transcript, words, len(x) / SAMPLE_RATE)
             # the audio branch is used only when the checkpoint trained it (a text-only model would see noise)
             mel = log_mel(x) if self.meta.get("audio_trained", True) else None
         tokens = tokenize(text) if text is not None else tokenize(transcript or "")

@@ -251,7 +251,8 @@ def calibrate_asr_confidence(checkpoint, manifest, keep: float = 0.95) -> dict:
     pipeline asks the user to repeat instead of acting on an unsure transcript."""
     from mmapps.checkpoint import load_checkpoint, save_checkpoint
 
-    from .asr import asr_confidence, is_garbled
+    from .asr import transcript_confidence
+    from .io import SAMPLE_RATE
     from .pipeline import Pipeline
 
     pipe = Pipeline.from_checkpoint(checkpoint, device="cpu")
@@ -260,7 +261,7 @@ def calibrate_asr_confidence(checkpoint, manifest, keep: float = 0.95) -> dict:
     for e in rows:
         x = load_audio(e["audio"])
         text, words = pipe.asr.transcribe(x)
-        conf = 0.0 if is_garbled(text, len(x) / 16000) else (asr_confidence(words) or 0.0)
+        conf = transcript_confidence(text, words, len(x) / SAMPLE_RATE) or 0.0
         pred = pipe.predict([text.split() or None])[0]
         confs.append(conf)
         right.append(pred["best_in_scope"] == e["intent"])

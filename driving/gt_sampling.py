@@ -73,7 +73,7 @@ class ObjectBank:
               per_class: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Up to ``per_class[c]`` objects of class c pasted into the scene (points [N, 4], boxes [M, 7], labels [M]).
         Returns the new (points, boxes, labels); the pasted boxes come after the scene's own."""
-        placed = [b for b in boxes]
+        placed = list(boxes)
         new_boxes, new_labels, new_points = [], [], []
         keep = np.ones(len(points), dtype=bool)
         for c, k in per_class.items():

@@ -66,7 +66,6 @@ class DetectorConfig:
 
         check_choice("model.fusion", self.fusion, FUSIONS.names())
         check_range("model.cell", self.cell, 0.05)
-        check_range("model.width", self.width, 4)
         check_choice("model.heading", self.heading, ("sincos", "axis_dir"))
         check_range("model.ground_window", self.ground_window, 1, 64)
         # Bounds on every size the model allocates from, so a tampered checkpoint cannot ask for gigabytes

@@ -155,13 +155,16 @@ class Pipeline(BasePipeline):
             return self._decode(self._forward(inputs), inputs)
 
     def warm_up(self, frame: Frame) -> None:
-        """One untimed model pass on a frame's inputs (no decoding, no result). The first pass of a process pays
-        one-off costs (allocator pools, kernel selection: ~70 ms here) that a running 10 Hz pipeline pays once, not
-        per frame; the CLI calls this before the first frame so ``latency_ms`` is the per-frame cost."""
+        """One untimed model pass (no decoding, no result). The first pass of a process pays one-off costs
+        (allocator pools, kernel selection: ~70 ms here) that a running 10 Hz pipeline pays once, not per frame;
+        the CLI calls this before the first frame so ``latency_ms`` is the per-frame cost. The frame's image and
+        calib with an empty sweep: the network's shapes without binning the real cloud twice."""
         if self.method == "classical":
             return
+        from dataclasses import replace
+
         with self._thread_limit(), torch.inference_mode():
-            self.model(self.preprocess(frame)["batch"])
+            self.model(self.preprocess(replace(frame, points=frame.points[:0]))["batch"])
 
     def perceive(self, frame: Frame, tracker: Tracker | None = None) -> dict:
         """One frame, detected once.

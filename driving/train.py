@@ -26,14 +26,14 @@ class FrameDataset(torch.utils.data.Dataset):
     so the detector cannot learn where objects usually are or which way they usually point."""
 
     def __init__(self, split, ids, cfg: DetectorConfig, augment: bool = False, seed: int = 0,
-                 gt_sampling: dict[str, int] | None = None, bank=None):
+                 gt_sampling: dict[str, int] | None = None):
         self.split, self.ids, self.cfg, self.augment, self.seed = Path(split), list(ids), cfg, augment, seed
         self.rng = np.random.default_rng(seed)  # one stream: same seed and order -> same augmentations
         self._worker_rng: tuple[int, np.random.Generator] | None = None
         # ground-truth sampling: objects pasted per frame by class, from a bank of THESE (training) frames only
         self.gt_sampling = {cfg.classes.index(c): int(k) for c, k in (gt_sampling or {}).items() if int(k) > 0}
-        self.bank = bank
-        if augment and self.gt_sampling and self.bank is None:
+        self.bank = None
+        if augment and self.gt_sampling:
             from .gt_sampling import ObjectBank
 
             self.bank = ObjectBank.from_frames(self.split, self.ids, cfg, seed=seed)

@@ -140,10 +140,7 @@ def measured_only_cv(ds, y, folds: int = 5, seed: int = 0) -> float:
     """A measured-only model without the CNN: a logistic regression (scikit-learn) on the measured CT variables
     of each study's largest reported nodule + the record vector, scored by stratified k-fold cross-validation on
     this cohort (fitted on 4/5, scored on the unseen 1/5). NaN when the cohort is too small."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     from mmapps.metrics import binary_metrics
 
@@ -155,10 +152,19 @@ def measured_only_cv(ds, y, folds: int = 5, seed: int = 0) -> float:
     x = measured_matrix([first[i] for i in range(len(y))])
     if x is None:
         return float("nan")  # the record is part of every measured-only model (Brock + PLCO)
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    p = cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+    p = cross_val_predict(measured_logistic(), x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                           method="predict_proba")[:, 1]
     return binary_metrics(y, p)["auroc"]
+
+
+def measured_logistic():
+    """The measured-only Brock/PLCO-shaped model: standardised inputs + logistic regression (scikit-learn). The
+    same definition is the ablation here and the medical head's frozen linear term (``train.fit_linear_term``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
 
 
 def measured_matrix(samples: list[dict]) -> np.ndarray | None:

@@ -102,10 +102,7 @@ def fit_linear_term(model, train_ds, labels: list[int]) -> dict | None:
     the training split's measured CT variables + record, write it into the head's two linear layers (and the shared
     intercept), and freeze them: the network then learns only the residual. Returns a summary for the checkpoint
     meta, or None when the head or the data do not allow it (no CT or no record modality, one class)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    from .evaluate import measured_matrix
+    from .evaluate import measured_logistic, measured_matrix
 
     head = model.heads["malignancy"]
     if getattr(head, "measured", None) is None or getattr(head, "record", None) is None:
@@ -114,8 +111,7 @@ def fit_linear_term(model, train_ds, labels: list[int]) -> dict | None:
     x = measured_matrix(train_ds.samples) if len(train_ds.samples) == len(y) else None
     if x is None or len(set(y.tolist())) < 2:
         return None
-    scaler = StandardScaler().fit(x)
-    lr = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(x), y)
+    scaler, lr = measured_logistic().fit(x, y)
     w = lr.coef_[0] / scaler.scale_  # back to raw inputs: logit = w . x + b
     b = float(lr.intercept_[0] - np.dot(lr.coef_[0], scaler.mean_ / scaler.scale_))
     n_geom = head.measured.in_features

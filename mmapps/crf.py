@@ -28,13 +28,21 @@ class LinearChainCRF(nn.Module):
         self.transitions = nn.Parameter(torch.zeros(n_tags, n_tags))
         self.start = nn.Parameter(torch.zeros(n_tags))
         self.end = nn.Parameter(torch.zeros(n_tags))
-        allowed = torch.ones(n_tags, n_tags, dtype=torch.bool) if allowed is None else allowed.bool()
-        start_allowed = torch.ones(n_tags, dtype=torch.bool) if start_allowed is None else start_allowed.bool()
-        if allowed.shape != (n_tags, n_tags) or start_allowed.shape != (n_tags,):
-            raise ValueError(f"constraint masks must be [{n_tags}, {n_tags}] and [{n_tags}]")
         # buffers, not parameters: the constraints are part of the model's definition, saved with its weights
-        self.register_buffer("trans_penalty", torch.where(allowed, 0.0, FORBIDDEN))
-        self.register_buffer("start_penalty", torch.where(start_allowed, 0.0, FORBIDDEN))
+        self.register_buffer("trans_penalty", torch.zeros(n_tags, n_tags))
+        self.register_buffer("start_penalty", torch.zeros(n_tags))
+        self.set_constraints(allowed, start_allowed)
+
+    def set_constraints(self, allowed: torch.Tensor | None = None, start_allowed: torch.Tensor | None = None) -> None:
+        """(Re)set the hard constraints; None allows everything."""
+        n = self.n_tags
+        allowed = torch.ones(n, n, dtype=torch.bool) if allowed is None else allowed.bool()
+        start_allowed = torch.ones(n, dtype=torch.bool) if start_allowed is None else start_allowed.bool()
+        if allowed.shape != (n, n) or start_allowed.shape != (n,):
+            raise ValueError(f"constraint masks must be [{n}, {n}] and [{n}]")
+        with torch.no_grad():
+            self.trans_penalty.copy_(torch.where(allowed, 0.0, FORBIDDEN))
+            self.start_penalty.copy_(torch.where(start_allowed, 0.0, FORBIDDEN))
 
     def _scores(self):
         return self.start + self.start_penalty, self.transitions + self.trans_penalty, self.end
