@@ -174,7 +174,7 @@ class PerceiveOptions:
     model: Optional[Path] = None
     method: str = "learned"
     device: str = "auto"
-    modalities: str = "lidar,camera"
+    modalities: str = ""  # "": the model's default sensors (its checkpoint meta)
 
 
 def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
@@ -194,8 +194,8 @@ def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
     if opts.out is not None:
         check_output_dir(opts.out)
     loaders, used = source.loaders()
-    pipe = load_pipeline(opts.model, opts.device, opts.method,
-                         modalities=[m.strip() for m in opts.modalities.split(",") if m.strip()])
+    chosen = [m.strip() for m in opts.modalities.split(",") if m.strip()]
+    pipe = load_pipeline(opts.model, opts.device, opts.method, modalities=chosen or None)
     tracker = Tracker()
     staging = None
     if opts.out is not None:
@@ -238,7 +238,8 @@ def perceive(input: Optional[Path] = typer.Argument(None, help="KITTI folder (ro
              point_dims: int = typer.Option(4, "--point-dims", help="4 (KITTI) or 5 (nuScenes .bin)"),
              model: Optional[Path] = MODEL_OPT,
              method: str = typer.Option("learned", "--method", help="learned or classical"),
-             modalities: str = typer.Option("lidar,camera", "--modalities", help="sensors the learned model uses: lidar,camera or lidar"),
+             modalities: str = typer.Option("", "--modalities", help="sensors the learned model uses: lidar,camera or lidar "
+                                                      "(default: the model card's choice)"),
              device: str = DEVICE_OPT,
              json_out: bool = JSON_OPT):
     """Detect objects in each frame: KITTI result file, BEV and camera pictures (with --out), JSON with latency."""

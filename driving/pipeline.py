@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from mmapps.errors import check_choice
+from mmapps.errors import UserError, check_choice
 from mmapps.pipeline import Pipeline as BasePipeline
 from mmapps.pipeline import check_finite_output
 
@@ -40,7 +40,7 @@ class Pipeline(BasePipeline):
 
     def __init__(self, model, config, meta=None, device="auto", path=None, *, method: str = "learned",
                  score_thresh: float = 0.3, threads: int | None = 1, classical_config: ClassicalConfig | None = None,
-                 modalities=MODALITIES):
+                 modalities=None):
         """Args (beyond the core ones):
             method: "learned" (the checkpoint's detector) or "classical" (the open3d baseline).
             score_thresh: detections scoring below it are dropped.
@@ -49,7 +49,8 @@ class Pipeline(BasePipeline):
                 with 1 thread vs 170 ms with 2 while other jobs ran).
             classical_config: the baseline's parameters.
             modalities: the sensors the learned model uses by default ("lidar", "camera"); ("lidar",) gates the
-                camera off (the same model with the camera masked, as in the ablation).
+                camera off (the same model with the camera masked, as in the ablation). None: the checkpoint's
+                ``meta["modalities"]`` (a model whose camera branch hurts on real images says so there), else both.
         """
         check_choice("--method", method, METHODS)
         if method == "learned" and model is None:
@@ -59,6 +60,10 @@ class Pipeline(BasePipeline):
         self.score_thresh = score_thresh
         self.threads = threads
         self.classical_config = classical_config or ClassicalConfig()
+        if modalities is None:
+            modalities = (self.meta or {}).get("modalities", MODALITIES)
+        if not modalities:
+            raise UserError("--modalities: name at least one sensor (lidar or lidar,camera)")
         for m in modalities:
             check_choice("--modalities", m, MODALITIES)
         self.modalities = tuple(modalities)
@@ -173,7 +178,8 @@ class Pipeline(BasePipeline):
             frame: a loaded Frame; tracker: a Tracker carried across the frames of a sequence (adds track_id and
                 velocity to each object), or None.
         Returns:
-            postprocess's dict plus "latency_ms" (this run's wall time, loaded arrays -> objects).
+            postprocess's dict plus "latency_ms" (this run's wall time, loaded arrays -> objects) and, for the
+            learned method, "modalities" (the sensors it used).
         """
         t0 = time.perf_counter()
         with self._thread_limit(), torch.inference_mode():
@@ -181,6 +187,8 @@ class Pipeline(BasePipeline):
             outputs = self._forward(inputs)
         result = self.postprocess(outputs, inputs)
         result["latency_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        if self.method == "learned":
+            result["modalities"] = list(self.modalities)
         if tracker is not None:
             tracker.update(frame, result["objects"])
         return result

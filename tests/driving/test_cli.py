@@ -229,3 +229,30 @@ def test_camera_can_be_gated_off(syn_root):
     assert _lines(r.stdout)[0]["frame"] == "000000"
     r = runner.invoke(app, ["perceive", str(syn_root), "--frame", "000000", "--modalities", "lidar,radar"])
     assert r.exit_code == 2 and "--modalities must be one of" in r.stderr
+
+
+@needs_model
+def test_default_sensors_come_from_the_checkpoint(syn_root, tmp_path):
+    """A checkpoint whose meta says "modalities": ["lidar"] gates the camera by default; --modalities overrides."""
+    import torch
+
+    from driving.io import load_frame
+    from driving.pipeline import Pipeline
+
+    bundle = torch.load(data_dir() / "driving" / "model.pt", map_location="cpu", weights_only=True)
+    bundle["meta"] = {**bundle.get("meta", {}), "modalities": ["lidar"]}
+    gated = tmp_path / "lidar_only.pt"
+    torch.save(bundle, gated)
+    frame = load_frame(syn_root / "training", "000000")
+    lidar_pipe = Pipeline.from_checkpoint(gated)
+    assert lidar_pipe.modalities == ("lidar",)
+    assert Pipeline.from_checkpoint(gated, modalities=("lidar", "camera")).modalities == ("lidar", "camera")
+    expected = [d["score"] for d in lidar_pipe.detect(frame, ("lidar",))]
+    r = runner.invoke(app, ["perceive", str(syn_root), "--frame", "000000", "--model", str(gated), "--json"])
+    assert r.exit_code == 0, r.output
+    res = _lines(r.stdout)[0]
+    assert res["modalities"] == ["lidar"]
+    assert [o["score"] for o in res["objects"]] == pytest.approx(expected, abs=1e-4)
+    r = runner.invoke(app, ["perceive", str(syn_root), "--frame", "000000", "--model", str(gated),
+                            "--modalities", "lidar,camera", "--json"])
+    assert _lines(r.stdout)[0]["modalities"] == ["lidar", "camera"]
