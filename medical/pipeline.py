@@ -143,9 +143,11 @@ class Pipeline(CorePipeline):
         if not inputs["samples"]:
             return {}
         batch = move_to(collate_samples(inputs["samples"]), self.device)
-        out = self.model(batch)
+        context: dict = {"batch": batch}
+        features, present = self.model.encode(batch, context)  # once: the masked variants reuse it
+        out = self.model.decode(features, present, dict(context))
         check_finite_output(out["outputs"], "medical model output")
-        masked = masked_contributions(self.model, batch, "malignancy")
+        masked = masked_contributions(self.model, batch, "malignancy", encoded=(features, context))
         return {"batch": batch, "outputs": out["outputs"], "weights": out["weights"], "masked": masked}
 
     def postprocess(self, outputs: dict, inputs: dict) -> dict:

@@ -7,10 +7,13 @@ from .model import predict_proba
 
 
 @torch.no_grad()
-def masked_contributions(model, batch: dict, head: str, index: int | None = None) -> dict[str, torch.Tensor]:
+def masked_contributions(model, batch: dict, head: str, index: int | None = None,
+                         encoded: tuple[dict, dict] | None = None) -> dict[str, torch.Tensor]:
     """For each present modality m: p(all present) - p(m masked), per sample ([B]).
 
-    ``index`` picks one output column (multiclass/multilabel); binary heads need none.
+    ``index`` picks one output column (multiclass/multilabel); binary heads need none. ``encoded``: the
+    (features, context) of an eval-mode ``model.encode(batch, context)`` the caller already ran, so the encoders
+    (the costly part: 3D CNNs on a CT) run once per prediction, not twice.
     """
     was_training = model.training
     model.eval()
@@ -18,8 +21,11 @@ def masked_contributions(model, batch: dict, head: str, index: int | None = None
         kind = getattr(model.heads[head], "kind", "binary")
 
         # encode once; each masked variant only re-runs fusion and the head (the encoders are the costly part)
-        context: dict = {"batch": batch}
-        features, _ = model.encode(batch, context)
+        if encoded is None:
+            context: dict = {"batch": batch}
+            features, _ = model.encode(batch, context)
+        else:
+            features, context = encoded
 
         def prob(present):
             feats, ctx = model.with_present(features, context, present)

@@ -33,6 +33,16 @@ def test_masked_contributions_follow_the_informative_modality(tmp_path):
     contrib = masked_contributions(model, batch, "label")
     assert set(contrib) == {"a", "b"}
     assert contrib["a"].abs().mean() > 3 * contrib["b"].abs().mean()
+    # Passing the caller's own encoding gives the same numbers without running the encoders again.
+    model.eval()
+    context = {"batch": batch}
+    features, _ = model.encode(batch, context)
+    calls = []
+    hooks = [e.register_forward_hook(lambda *a: calls.append(1)) for e in model.encoders.values()]
+    reused = masked_contributions(model, batch, "label", encoded=(features, context))
+    for h in hooks:
+        h.remove()
+    assert calls == [] and all(torch.allclose(reused[m], contrib[m], atol=1e-6) for m in contrib)
     # Fusion weights after a forward favour "a" too.
     model.eval()
     weights = model(batch)["weights"]
