@@ -90,6 +90,35 @@ def train(data: List[Path] = typer.Argument(..., help="SNIPS folder(s), CLINC150
 
 
 @app.command()
+def transcribe(manifest: Path = typer.Argument(..., help="spoken manifest (mmapps assistant synth)"),
+               out: Path = typer.Option(..., "--out", help="JSON-lines manifest to write (text + aligned tags)"),
+               model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT, asr: str = ASR_OPT,
+               shard: Optional[str] = SHARD_OPT, json_out: bool = JSON_OPT):
+    """What the ASR hears in spoken training utterances, with the slot tags aligned to it: NLU training rows
+    (pass the file to `train` beside the typed data). Spread big sets over processes with --shard."""
+    def go():
+        import json
+
+        from mmapps.io import atomic_write_text
+        from mmapps.parallel import parse_shard, shard_items
+
+        from .io import read_manifest
+        from .train import asr_examples
+
+        check_output_file(out)
+        examples = read_manifest(manifest)
+        if shard:
+            examples = shard_items(examples, *parse_shard(shard))
+        rows = asr_examples(_pipeline(model, device, asr), examples)
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+        return {"manifest": str(out), "utterances": len(rows), "spoken": sum(1 for e in examples if e.get("audio"))}
+
+    r = run_command(go)
+    emit_json(r) if json_out else typer.echo(f"wrote {r['utterances']} transcribed utterances to {r['manifest']} "
+                                             f"(of {r['spoken']} spoken)")
+
+
+@app.command()
 def evaluate(data: Path = typer.Argument(..., help="SNIPS folder, CLINC150 json (val + oos_val) or manifest"),
              model: Optional[Path] = MODEL_OPT, device: str = DEVICE_OPT, asr: str = ASR_OPT,
              text_only: bool = typer.Option(False, "--text-only", help="ignore audio in a manifest"),

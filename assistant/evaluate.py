@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .io import OOS
+from .io import OOS, repair_bio
 
 
 def conll_spans(tags: list[str]) -> set[tuple[str, int, int]]:
@@ -30,14 +30,63 @@ def slot_f1(true_tags: list[list[str]], pred_tags: list[list[str]]) -> dict:
     return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0}
 
 
+def align_words(ref: list[str], hyp: list[str], sub=None, indel: float = 1) -> list[tuple[int | None, int | None]]:
+    """A minimum-cost alignment of two word lists: (ref index, hyp index) pairs in order, None on the side of an
+    insertion or a deletion. ``sub(r, h)``: the cost of hearing h for r (default 0 if equal, else 1, with indel 1:
+    the Levenshtein alignment behind WER)."""
+    sub = sub or (lambda r, h: float(r != h))
+    n, m = len(ref), len(hyp)
+    d = np.zeros((n + 1, m + 1))
+    d[:, 0], d[0, :] = np.arange(n + 1) * indel, np.arange(m + 1) * indel
+    cost = [[sub(r, h) for h in hyp] for r in ref]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            d[i, j] = min(d[i - 1, j - 1] + cost[i - 1][j - 1], d[i - 1, j] + indel, d[i, j - 1] + indel)
+    pairs, i, j = [], n, m
+    while i or j:  # ties prefer the diagonal: a misheard word keeps its reference word's place
+        if i and j and np.isclose(d[i, j], d[i - 1, j - 1] + cost[i - 1][j - 1]):
+            i, j = i - 1, j - 1
+            pairs.append((i, j))
+        elif i and np.isclose(d[i, j], d[i - 1, j] + indel):
+            i -= 1
+            pairs.append((i, None))
+        else:
+            j -= 1
+            pairs.append((None, j))
+    return pairs[::-1]
+
+
 def word_errors(ref: list[str], hyp: list[str]) -> int:
     """Levenshtein distance over words."""
-    d = np.arange(len(hyp) + 1)
-    for i, r in enumerate(ref, 1):
-        prev, d[0] = d.copy(), i
-        for j, h in enumerate(hyp, 1):
-            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (r != h))
-    return int(d[-1])
+    return sum(1 for i, j in align_words(ref, hyp) if i is None or j is None or ref[i] != hyp[j])
+
+
+def _heard_as(ref_word: str, hyp_word: str) -> float:
+    """Substitution cost for tag alignment: 0 for the same word, near 0 for a similar spelling ("theatres" /
+    "theaters"), up to 1 for unrelated words; with insertions and deletions at 0.75, a misheard word pairs with the
+    reference word it sounds like rather than with a neighbour."""
+    from difflib import SequenceMatcher
+
+    return 1.0 - SequenceMatcher(None, ref_word, hyp_word).ratio()
+
+
+def align_tags(ref_tokens: list[str], ref_tags: list[str], hyp_tokens: list[str]) -> list[str]:
+    """BIO tags of a reference utterance carried onto its ASR hypothesis through the word alignment: a matched or
+    substituted word takes its reference word's tag, an inserted word continues the slot it falls inside (else O),
+    deleted words drop out; the result is repaired to valid BIO."""
+    tags: list[str | None] = [None] * len(hyp_tokens)
+    pairs = align_words(ref_tokens, hyp_tokens, sub=_heard_as, indel=0.75)
+    for k, (i, j) in enumerate(pairs):
+        if j is None:
+            continue
+        if i is not None:
+            tags[j] = ref_tags[i]
+            continue
+        before = next((ref_tags[a] for a, _ in reversed(pairs[:k]) if a is not None), "O")
+        after = next((ref_tags[a] for a, _ in pairs[k + 1:] if a is not None), "O")
+        inside = before != "O" and after.startswith("I-") and after[2:] == before[2:]
+        tags[j] = "I-" + before[2:] if inside else "O"
+    return repair_bio(tags)
 
 
 def wer(refs: list[str], hyps: list[str]) -> float:

@@ -276,3 +276,14 @@ def spans(tokens: list[str], tags: list[str]) -> dict[str, str]:
             cur, words = None, []
     flush()
     return out
+
+
+def repair_bio(tags: list[str]) -> list[str]:
+    """An I- tag that does not continue a span of the same slot starts one (CoNLL convention)."""
+    out, prev = [], "O"
+    for t in tags:
+        if t.startswith("I-") and prev[2:] != t[2:]:
+            t = "B-" + t[2:]
+        out.append(t)
+        prev = t
+    return out

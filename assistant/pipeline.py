@@ -15,7 +15,7 @@ from mmapps.errors import UserError
 from mmapps.pipeline import Pipeline as BasePipeline, check_finite_output
 
 from .asr import ASR_CHOICES, get_recognizer, transcript_confidence
-from .io import OOS, SAMPLE_RATE, check_text, decode_audio, load_audio, spans, tokenize
+from .io import OOS, SAMPLE_RATE, check_text, decode_audio, load_audio, repair_bio, spans, tokenize
 from .models import ModelConfig, TextEmbedder, build_model, char_codes, collate, decode_tags, log_mel
 
 # "[...]" groups are dropped when a slot inside them is empty, so replies read well with partial slots
@@ -271,7 +271,7 @@ class Pipeline(BasePipeline):
                 reason = "low_intent_confidence"
             if asr_confidences[b] is not None and asr_confidences[b] < self.asr_min_confidence:
                 reason = "asr_low_confidence"
-            tag_seq = _repair_bio([self.tags[t] for t in tag_ids[b]])
+            tag_seq = repair_bio([self.tags[t] for t in tag_ids[b]])
             oos = reason is not None
             results.append({"intent": OOS if oos else self.intents[best], "best_in_scope": self.intents[best],
                             "confidence": round(conf, 4), "out_of_scope": oos, "reason": reason, "tags": tag_seq,
@@ -301,14 +301,3 @@ def _check_asr_meta(meta: dict, path) -> None:
     prompt = meta.get("asr_prompt")
     if prompt is not None and (not isinstance(prompt, str) or len(prompt) > 1000 or "\x00" in prompt):
         raise CheckpointError(f"{path}: meta asr_prompt must be text of at most 1000 characters")
-
-
-def _repair_bio(tags: list[str]) -> list[str]:
-    """An I- tag that does not continue a span of the same slot starts one (CoNLL convention)."""
-    out, prev = [], "O"
-    for t in tags:
-        if t.startswith("I-") and prev[2:] != t[2:]:
-            t = "B-" + t[2:]
-        out.append(t)
-        prev = t
-    return out

@@ -216,6 +216,33 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
             "intents": intents, "last": history[-1] if history else {}}
 
 
+def asr_examples(pipe, examples: list[dict], progress: bool = True) -> list[dict]:
+    """Spoken training utterances -> what the ASR really outputs, as NLU training rows.
+
+    Each example with audio is transcribed by ``pipe``'s recogniser (same decoding, prompt and normalisation as
+    ``understand``); its BIO tags are carried onto the hypothesis by word alignment (``evaluate.align_tags``), so
+    the NLU learns that "play some current by michael three resort spotify" is still PlayMusic with an artist.
+    Returns manifest rows {text, intent, tags, reference, voice}; utterances with no recognised words are left out.
+    """
+    from mmapps.progress import track
+
+    from .evaluate import align_tags
+    from .io import tokenize
+
+    spoken = [e for e in examples if e.get("audio")]
+    if not spoken:
+        raise UserError("no audio in these examples: transcribe needs a spoken manifest (mmapps assistant synth)")
+    rows = []
+    for e in (track(spoken, "transcribing", total=len(spoken)) if progress else spoken):
+        text, _ = pipe.asr.transcribe(load_audio(e["audio"]))
+        tokens = tokenize(text)
+        if tokens:
+            rows.append({"text": " ".join(tokens), "intent": e["intent"],
+                         "tags": align_tags(e["tokens"], e["tags"], tokens), "reference": e["text"],
+                         **({"voice": e["voice"]} if e.get("voice") else {})})
+    return rows
+
+
 def retune_threshold(checkpoint, data: list, oos_from=None, oos_limit: int = 4000, seed: int = 0,
                      val_fraction: float = 0.1) -> float:
     """Re-derive the validation split of a training run (same data and seed, the core split) and re-tune the OOS

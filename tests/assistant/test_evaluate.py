@@ -33,3 +33,34 @@ def test_slot_value_f1_compares_values_not_positions():
     r = slot_value_f1(true, pred)
     assert r["precision"] == 2 / 4 and r["recall"] == 2 / 3
     assert slot_value_f1([{"party_size_number": "2"}], [{"party_size_number": "two"}])["f1"] == 1.0
+
+
+def test_word_alignment_and_errors():
+    from assistant.evaluate import align_words, word_errors
+
+    ref, hyp = "go forward ten meters".split(), "go ten theatres".split()
+    assert word_errors(ref, hyp) == 2 and word_errors([], ["a"]) == 1 and word_errors(["a", "b"], []) == 2
+    pairs = align_words(ref, hyp)
+    assert [p for p in pairs if p[0] is not None] == [(0, 0), (1, None), (2, 1), (3, 2)]
+    assert sorted(j for _, j in pairs if j is not None) == [0, 1, 2]  # every hypothesis word appears once
+
+
+def test_tags_follow_the_words_the_asr_heard():
+    from assistant.evaluate import align_tags
+
+    ref = "play some jazz by miles davis on spotify".split()
+    tags = ["O", "O", "B-genre", "O", "B-artist", "I-artist", "O", "B-service"]
+    # substitutions keep their slot; the ASR's word for 'on' is dropped with it
+    hyp = "play some current by michael three resort spotify".split()
+    assert align_tags(ref, tags, hyp) == ["O", "O", "B-genre", "O", "B-artist", "I-artist", "O", "B-service"]
+    # an inserted word inside a span continues it; a similar spelling pairs with its word, not a neighbour;
+    # words added after the last slot are O
+    hyp = "play sam jazz by miles the davis spotify thank you".split()
+    assert align_tags(ref, tags, hyp) == ["O", "O", "B-genre", "O", "B-artist", "I-artist", "I-artist",
+                                          "B-service", "O", "O"]
+    ref2, tags2 = "showing at dickinson theatres".split(), ["O", "O", "B-location", "I-location"]
+    assert align_tags(ref2, tags2, "showing at dickinson theaters thank you guys".split())[3:] == \
+        ["I-location", "O", "O", "O"]
+    # a deleted span start leaves a valid BIO sequence (I- without B- becomes B-)
+    assert align_tags(ref, tags, "play jazz davis".split()) == ["O", "B-genre", "B-artist"]
+    assert align_tags(ref, tags, []) == []

@@ -161,3 +161,37 @@ def test_evaluate_audio_only_rows_are_scored_from_the_audio(tiny_model, shared_d
     j = json.loads(r.stdout.strip().splitlines()[-1])
     assert j["mode"].startswith("speech") and j["n"] == 2 and j["wer_rows"] == 1 and 0.0 <= j["wer"] <= 1.0
     assert "slot-value" in j["slot_metric"]
+
+
+def test_transcribe_writes_asr_text_with_aligned_tags(tmp_path, monkeypatch):
+    """`transcribe` turns a spoken manifest into NLU training rows: the recogniser's words, the reference's tags
+    aligned onto them, no row for an utterance with nothing recognised; the file trains like any manifest."""
+    from types import SimpleNamespace
+
+    import assistant.cli as acli
+    from assistant.io import read_manifest
+
+    heard = {16000: "play some current by michael davis on spotify", 8000: ""}
+
+    class ScriptedASR:  # stands in for Whisper: the test is about what happens to its words
+        def transcribe(self, x):
+            return heard[len(x)], []
+
+    for name, n in (("a.wav", 16000), ("b.wav", 8000)):
+        sf.write(tmp_path / name, 0.01 * np.random.default_rng(0).standard_normal(n), 16000)
+    tags = ["O", "O", "B-genre", "O", "B-artist", "I-artist", "O", "B-service"]
+    rows = [{"audio": "a.wav", "text": "play some jazz by miles davis on spotify", "intent": "PlayMusic", "tags": tags},
+            {"audio": "b.wav", "text": "play jazz", "intent": "PlayMusic", "tags": ["O", "B-genre"]}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(acli, "_pipeline", lambda *a, **k: SimpleNamespace(asr=ScriptedASR()))
+    out = tmp_path / "asr.jsonl"
+    r = runner.invoke(app, ["assistant", "transcribe", str(tmp_path / "m.jsonl"), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["utterances"] == 1 and json.loads(r.stdout)["spoken"] == 2
+    got = read_manifest(out)
+    assert len(got) == 1 and got[0]["text"] == heard[16000] and got[0]["tags"] == tags
+    assert got[0]["intent"] == "PlayMusic" and "audio" not in got[0]
+    # text-only rows cannot be transcribed: one clear error, nothing written
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "play jazz", "intent": "PlayMusic"}) + "\n")
+    r = runner.invoke(app, ["assistant", "transcribe", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "x.jsonl")])
+    assert r.exit_code == 2 and "error:" in r.stderr and not (tmp_path / "x.jsonl").exists()
