@@ -225,7 +225,8 @@ def read_manifest(path) -> list[dict]:
         audio = rec.get("audio")
         if audio and not Path(audio).is_absolute():
             audio = path.parent / audio
-        extra = {k: rec[k] for k in ("voice",) if k in rec}
+        # "reference": the typed text an ASR-transcribed row came from (``transcribe``)
+        extra = {k: rec[k] for k in ("voice", "reference") if isinstance(rec.get(k), str)}
         if slots is not None:
             extra["slots"] = slots
         out.append(_example(text, str(rec["intent"]), tags, audio, **extra))

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from typer.testing import CliRunner
 
 from mmapps.cli import app
@@ -195,3 +196,35 @@ def test_transcribe_writes_asr_text_with_aligned_tags(tmp_path, monkeypatch):
     (tmp_path / "t.jsonl").write_text(json.dumps({"text": "play jazz", "intent": "PlayMusic"}) + "\n")
     r = runner.invoke(app, ["assistant", "transcribe", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "x.jsonl")])
     assert r.exit_code == 2 and "error:" in r.stderr and not (tmp_path / "x.jsonl").exists()
+
+
+def test_asr_rows_train_the_nlu_but_not_the_prompt_or_the_threshold(tiny_manifest, tmp_path, monkeypatch):
+    """Rows from `transcribe` (they carry "reference") are training data for the NLU; the Whisper prompt and the
+    pocketsphinx LM are built from typed rows only, and the OOS threshold is tuned on typed validation rows."""
+    import assistant.train as atrain
+    from assistant.io import read_manifest
+    from assistant.train import train
+
+    asr = tmp_path / "asr.jsonl"
+    rows = [{"text": f"play zzyzx {x} by adele", "intent": "PlayMusic", "tags": ["O", "O", "B-track", "O", "B-artist"],
+             "reference": f"play {x} by adele"} for x in ("jazz", "blues", "rome", "oslo") for _ in range(3)]
+    asr.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_manifest(asr)[0]["reference"] == "play jazz by adele"
+    tuned_on = []
+    real_tune = atrain._tune_on
+    monkeypatch.setattr(atrain, "_tune_on", lambda model, held, intents: tuned_on.append(held) or real_tune(model, held, intents))
+    out = tmp_path / "m.pt"
+    train([tiny_manifest, asr], out, cfg_overrides=["epochs=2", "batch_size=16", "amp=false"], val_fraction=0.3,
+          quiet=True)
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert "zzyzx" in meta["vocab"]  # the NLU saw the ASR words
+    assert "zzyzx" not in meta["asr_prompt"].lower() and "zzyzx" not in meta["lm_text"]
+    assert meta["oos_tuned_on"].startswith("typed validation split")
+    from assistant.io import load_dataset
+    from mmapps.splits import validation_split
+
+    examples = load_dataset(tiny_manifest)[0] + read_manifest(asr)
+    _, val_idx = validation_split(len(examples), 0.3, seed=0, labels=[e["intent"] for e in examples])
+    typed = [i for i in val_idx if "reference" not in examples[i]]
+    assert len(typed) < len(val_idx)  # the split did hold ASR rows, and they were left out of the tuning
+    assert len(tuned_on) == 1 and len(tuned_on[0]) == len(typed)
