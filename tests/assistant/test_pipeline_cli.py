@@ -137,7 +137,7 @@ def test_retune_threshold_rewrites_checkpoint(tiny_model, tiny_manifest, tmp_pat
     shutil.copy(tiny_model, ck)
     assert retune_threshold(ck, [tiny_manifest]) == 0.0  # the tiny data has no oos class
     meta = load_checkpoint(ck)["meta"]
-    assert meta["oos_threshold"] == 0.0 and meta["oos_tuned_on"] == "validation split"
+    assert meta["oos_threshold"] == 0.0 and meta["oos_tuned_on"] == "typed validation split"
 
 
 def test_unsure_asr_is_asked_to_repeat(tiny_model):
