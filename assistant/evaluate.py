@@ -2,6 +2,8 @@
 in-scope accuracy (CLINC150), word error rate."""
 from __future__ import annotations
 
+from difflib import SequenceMatcher
+
 import numpy as np
 
 from .io import OOS, repair_bio
@@ -65,8 +67,6 @@ def _heard_as(ref_word: str, hyp_word: str) -> float:
     """Substitution cost for tag alignment: 0 for the same word, near 0 for a similar spelling ("theatres" /
     "theaters"), up to 1 for unrelated words; with insertions and deletions at 0.75, a misheard word pairs with the
     reference word it sounds like rather than with a neighbour."""
-    from difflib import SequenceMatcher
-
     return 1.0 - SequenceMatcher(None, ref_word, hyp_word).ratio()
 
 

@@ -279,6 +279,12 @@ def spans(tokens: list[str], tags: list[str]) -> dict[str, str]:
     return out
 
 
+def from_asr(example: dict) -> bool:
+    """A row that ``transcribe`` made from speech (it keeps its typed ``reference``): training data for the NLU,
+    never for what describes typed language (the Whisper prompt, the pocketsphinx LM) or for the OOS threshold."""
+    return "reference" in example
+
+
 def repair_bio(tags: list[str]) -> list[str]:
     """An I- tag that does not continue a span of the same slot starts one (CoNLL convention)."""
     out, prev = [], "O"

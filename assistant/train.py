@@ -12,7 +12,7 @@ import torch
 
 from mmapps.errors import UserError
 
-from .io import OOS, load_audio, load_dataset, read_clinc
+from .io import OOS, from_asr, load_audio, load_dataset, read_clinc
 from .models import ModelConfig, build_model, collate, decode_tags, log_mel, set_tag_constraints
 
 # CLINC150 intents that belong to the SNIPS domain: not out-of-scope for a SNIPS model, so left out
@@ -178,8 +178,7 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
     counts = Counter(w for e in examples for w in e["tokens"])
     vocab = ["<pad>", "<unk>"] + sorted(w for w, c in counts.items() if c >= 2)
     in_domain = [e for e in examples if e["intent"] != OOS]
-    # the ASR prompt and the pocketsphinx LM describe what people say: typed rows only, not ASR transcripts
-    typed = [e for e in in_domain if "reference" not in e] or in_domain
+    typed = [e for e in in_domain if not from_asr(e)] or in_domain  # the prompt and LM describe typed language
     mcfg.vocab_size, mcfg.n_intents, mcfg.n_tags = len(vocab), len(intents), len(tags)
     vocab_idx = {w: i for i, w in enumerate(vocab)}
     tag_idx = {t: i for i, t in enumerate(tags)}
@@ -212,7 +211,7 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
         model.load_state_dict(bundle["state_dict"])
         # typed rows only: an ASR-transcribed validation row is garbled at times, and the "keep in-scope
         # accuracy" rule would then relax and reject more typed in-scope requests (measured: 0.88 -> 0.95)
-        typed_val = [s for s, i in zip(val, val_idx) if "reference" not in examples[i]]
+        typed_val = [s for s, i in zip(val, val_idx) if not from_asr(examples[i])]
         held_out = typed_val + oos_tuning_samples(oos_from, vocab_idx, intents, tag_idx)
         meta = {**bundle["meta"], "oos_threshold": _tune_on(model, held_out, intents),
                 "oos_tuned_on": "typed validation split" + (" + CLINC150 oos_val" if oos_from else "")}
@@ -263,7 +262,7 @@ def retune_threshold(checkpoint, data: list, oos_from=None, oos_limit: int = 400
         groups.append(load_oos(oos_from, limit=oos_limit, seed=seed))
     examples = [e for g in groups for e in g]
     _, val_idx = validation_split(len(examples), val_fraction, seed=seed, labels=[e["intent"] for e in examples])
-    val_ex = [examples[i] for i in val_idx if "reference" not in examples[i]]  # typed rows, as in train
+    val_ex = [examples[i] for i in val_idx if not from_asr(examples[i])]  # typed rows, as in train
     tag_idx = {t: i for i, t in enumerate(pipe.tags)}
     val = _samples(val_ex, featurize([e["tokens"] for e in val_ex], pipe.vocab, cache_dir=cache_dir()),
                    pipe.intents, tag_idx)
