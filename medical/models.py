@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mmapps.config import check_choice, check_range
+from mmapps.encoders import ResidualUnit
 from mmapps.errors import UserError
 from mmapps.trainer import TrainConfig
 
@@ -70,7 +71,7 @@ def record_vector(fields: dict) -> np.ndarray:
 
 
 class VolumeEncoder(nn.Module):
-    """3D CNN (MONAI residual units) with global mean + max pooling.
+    """3D CNN (residual units in MONAI's layout, ``mmapps.encoders.ResidualUnit``) with global mean + max pooling.
 
     The core ``volume3d`` encoder mean-pools, which dilutes one small nodule in a large volume; the max
     keeps "the most suspicious spot" (size, density, spiculation) visible. ``features`` is the Grad-CAM layer.
@@ -80,11 +81,9 @@ class VolumeEncoder(nn.Module):
 
     def __init__(self, in_channels: int = 1, out_dim: int = 64, channels=(16, 32, 64), dropout: float = 0.1):
         super().__init__()
-        from monai.networks.blocks import ResidualUnit
-
         layers, c = [], in_channels
         for w in channels:
-            layers.append(ResidualUnit(3, c, w, strides=2, kernel_size=3, subunits=2, norm="batch"))
+            layers.append(ResidualUnit(c, w, strides=2, subunits=2))
             c = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c, out_dim), nn.GELU())
