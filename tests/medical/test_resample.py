@@ -54,3 +54,19 @@ def test_residual_unit_is_monais_with_the_same_weights(cin, cout, strides, subun
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, cin, 8, 8, 8)
     torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_predict_imports_neither_monai_nor_dynamo():
+    """Start-up is most of a CLI call: MONAI's package import (~9 s here) and torch._dynamo (~1.4 s) stay out."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys\nfrom medical import Pipeline\n"
+            "r = Pipeline.from_checkpoint(None).predict(study='data/medical/samples/patient/ct',"
+            " record='data/medical/samples/patient/record.json')\n"
+            "print(r['probability'] is not None, sorted(m for m in ('monai', 'torch._dynamo') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split("\n")[-2] == "True []", p.stdout
