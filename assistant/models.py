@@ -29,6 +29,8 @@ class ModelConfig:
     slot_weight: float = 1.0
     char_dim: int = 0  # > 0: a character CNN per word (open-vocabulary names) joins the token encoder
     crf: bool = False  # a linear-chain CRF over the slot tags (trained on whole sequences); False in older checkpoints
+    asr_slots: bool = True  # ASR-transcribed training rows also train the slots (False: intent only; their
+    # tags come through a word alignment with a garbled hypothesis and are noisy)
     vocab_size: int = 2
     n_intents: int = 2
     n_tags: int = 1

@@ -127,6 +127,31 @@ def test_tune_threshold_respects_in_scope_floor():
     assert tune_threshold(probs, np.array([0, 1, 0, 1]), 2) == 0.0  # no oos examples: no threshold
 
 
+def test_tune_threshold_stops_at_the_target_recall():
+    import numpy as np
+
+    from assistant.train import tune_threshold
+
+    # 10 oos samples with in-scope confidences 0.1 .. 1.0 (step 0.1), 10 confident in-scope samples
+    oos_conf = np.linspace(0.1, 1.0, 10)
+    probs = np.zeros((20, 3))
+    probs[:10, 0], probs[:10, 2] = oos_conf, 1 - oos_conf
+    probs[10:, 1], probs[10:, 2] = 0.995, 0.005
+    y = np.array([2] * 10 + [1] * 10)
+    t = tune_threshold(probs, y, 2, target_recall=0.5)
+    assert 0.5 < t <= 0.51 + 1e-9  # the lowest threshold rejecting 5 of 10 (confidences 0.1 .. 0.5)
+    # The old rule: the most oos rejected (9 of 10; the one at confidence 1.0 never is), i.e. threshold 0.91.
+    assert 0.9 < tune_threshold(probs, y, 2, target_recall=None) <= 0.91 + 1e-9
+    assert 0.9 < tune_threshold(probs, y, 2, target_recall=0.95) <= 0.91 + 1e-9  # unreachable: the old rule
+    # Only the rows in recall_on count for the recall (oos_val, not the validation split's easier oos rows):
+    # add 10 oos rows the oos class already rejects; counted, they would meet 0.5 recall at threshold 0.
+    easy = np.tile([0.0, 0.0, 1.0], (10, 1))
+    probs2, y2 = np.vstack([probs, easy]), np.concatenate([y, [2] * 10])
+    assert tune_threshold(probs2, y2, 2, target_recall=0.5) == 0.0
+    recall_on = np.arange(30) < 10
+    assert 0.5 < tune_threshold(probs2, y2, 2, target_recall=0.5, recall_on=recall_on) <= 0.51 + 1e-9
+
+
 def test_retune_threshold_rewrites_checkpoint(tiny_model, tiny_manifest, tmp_path):
     import shutil
 
@@ -212,7 +237,8 @@ def test_asr_rows_train_the_nlu_but_not_the_prompt_or_the_threshold(tiny_manifes
     assert read_manifest(asr)[0]["reference"] == "play jazz by adele"
     tuned_on = []
     real_tune = atrain._tune_on
-    monkeypatch.setattr(atrain, "_tune_on", lambda model, held, intents: tuned_on.append(held) or real_tune(model, held, intents))
+    monkeypatch.setattr(atrain, "_tune_on", lambda model, val, oos_val, intents: tuned_on.append(val) or real_tune(
+        model, val, oos_val, intents))
     out = tmp_path / "m.pt"
     train([tiny_manifest, asr], out, cfg_overrides=["epochs=2", "batch_size=16", "amp=false"], val_fraction=0.3,
           quiet=True)
@@ -228,3 +254,29 @@ def test_asr_rows_train_the_nlu_but_not_the_prompt_or_the_threshold(tiny_manifes
     typed = [i for i in val_idx if "reference" not in examples[i]]
     assert len(typed) < len(val_idx)  # the split did hold ASR rows, and they were left out of the tuning
     assert len(tuned_on) == 1 and len(tuned_on[0]) == len(typed)
+
+
+def test_asr_rows_can_train_the_intent_only(tiny_manifest, tmp_path, monkeypatch):
+    """model.asr_slots=false: ASR rows (noisy aligned tags) reach the intent loss but not the slot loss, and the
+    validation slot F1 skips them."""
+    import assistant.train as atrain
+    from assistant.train import train
+
+    asr = tmp_path / "asr.jsonl"
+    rows = [{"text": f"play zzyzx {x} by adele", "intent": "PlayMusic", "tags": ["O", "O", "B-track", "O", "B-artist"],
+             "reference": f"play {x} by adele"} for x in ("jazz", "blues", "rome", "oslo") for _ in range(3)]
+    asr.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = []
+    real_dataset = atrain.SLUDataset
+    monkeypatch.setattr(atrain, "SLUDataset", lambda samples, **k: seen.append(samples) or real_dataset(samples, **k))
+    out = tmp_path / "m.pt"
+    train([tiny_manifest, asr], out, cfg_overrides=["epochs=1", "batch_size=16", "amp=false", "model.asr_slots=false"],
+          val_fraction=0.3, quiet=True)
+    meta = torch.load(out, weights_only=True)["meta"]
+    zz = meta["vocab"].index("zzyzx")
+    samples = [s for group in seen for s in group]
+    from_asr = [s for s in samples if zz in s["ids"]]
+    typed = [s for s in samples if zz not in s["ids"]]
+    assert from_asr and typed and len({s["intent"] for s in from_asr}) == 1
+    assert all(s["tags"] is None for s in from_asr) and all(s["tags"] is not None for s in typed)
+    assert len(seen) == 2 and any(zz in s["ids"] for s in seen[1])  # the validation slot F1 met tagless rows
