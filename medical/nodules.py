@@ -26,6 +26,12 @@ PER_SCALE = 80  # strongest responses per scale examined in detail
 MIN_SIGMA_VOXELS = 0.7  # finer scales than the grid resolves respond to noise, not blobs
 MAX_REPORTED = 10
 MIN_DETECTION_SCORE = 200.0  # LoG response x blobness: ~2 false candidates per synthetic scan (FROC, seed 5151)
+# The LoG response grows with contrast, so a ground-glass nodule (-600..-400 HU in -850 lung) answers at a third
+# of a solid one's (~900 HU above the lung) and never reached the score: the score is scaled up for candidates
+# fainter than SOLID_CONTRAST, by at most SOLID_CONTRAST / FAINT_CONTRAST (shape evidence, not brightness).
+SOLID_CONTRAST = 700.0
+FAINT_CONTRAST = 250.0
+MAX_CONTRAST_GAIN = SOLID_CONTRAST / FAINT_CONTRAST
 SPICULATED = 0.15  # spiculation score above which a nodule is called spiculated (set on synthetic nodules)
 
 
@@ -65,11 +71,13 @@ def find_candidates(hu: np.ndarray, lung: np.ndarray, spacing: float) -> list[di
         n = 0
         for i in idx:
             full = tuple(min(int(a * factor), s - 1) for a, s in zip(i, hu.shape))
-            if not near_lung[full] or resp[tuple(i)] < MIN_DETECTION_SCORE:
+            if not near_lung[full] or resp[tuple(i)] * MAX_CONTRAST_GAIN < MIN_DETECTION_SCORE:
                 continue  # blobness <= 1: a weaker response can never reach the reporting score
             b = blobness(hu, full, r, spacing)  # vessels (tubes) and plates stop here
             if b >= MIN_BLOBNESS:
-                found.append({"index": full, "radius_mm": r, "response": float(resp[tuple(i)]), "blobness": b})
+                gain = contrast_gain(hu, full, r, spacing)
+                found.append({"index": full, "radius_mm": r, "response": float(resp[tuple(i)]), "blobness": b,
+                              "score": float(resp[tuple(i)]) * b * gain})
             n += 1
             if n >= PER_SCALE:
                 break
@@ -220,6 +228,18 @@ def spiculation_score(hu: np.ndarray, index, radius_mm: float, spacing: float) -
     return float((shell > DENSE_HU).mean()) if shell.size else 0.0
 
 
+def contrast_gain(hu: np.ndarray, index, radius_mm: float, spacing: float) -> float:
+    """SOLID_CONTRAST / the candidate's contrast (mean HU of its inner half-radius ball minus the median of a
+    surrounding ring, both clipped like the LoG input), within [1, MAX_CONTRAST_GAIN]; 1 below FAINT_CONTRAST
+    would mean "no object", so those candidates keep the maximum and stay judged by shape and response."""
+    inner = np.clip(_shell_values(hu, index, radius_mm, spacing, 0.0, 0.5), -1000, 100)
+    ring = np.clip(_shell_values(hu, index, radius_mm, spacing, 1.3, 1.8), -1000, 100)
+    if inner.size == 0 or ring.size == 0:
+        return 1.0
+    contrast = float(inner.mean() - np.median(ring))
+    return float(np.clip(SOLID_CONTRAST / max(contrast, FAINT_CONTRAST), 1.0, MAX_CONTRAST_GAIN))
+
+
 def lung_contact(hu: np.ndarray, index, radius_mm: float, spacing: float) -> float:
     """Share of a ring just outside the candidate (1.3-1.8 radii) that is aerated lung (< -700 HU)."""
     shell = _shell_values(hu, index, radius_mm, spacing, 1.3, 1.8)
@@ -238,7 +258,7 @@ def detect_nodules(scan) -> list[dict]:
     nodules = []
     for c in find_candidates(hu, lung, sp):
         idx, r, b = c["index"], c["radius_mm"], c["blobness"]
-        if c["response"] * b < MIN_DETECTION_SCORE:
+        if c["score"] < MIN_DETECTION_SCORE:
             continue
         mask, outline, sl = segment(hu, idx, r, sp)
         if mask.sum() == 0:
@@ -269,7 +289,7 @@ def detect_nodules(scan) -> list[dict]:
             "spiculation_score": round(spic, 3),
             "upper_lobe": _upper_lobe(scan, centroid[0]),
             "radius_mm": r, "blobness": round(b, 3), "lung_contact": round(contact, 3), "fill_ratio": round(fill, 3),
-            "mean_hu": round(mean_hu, 1), "detection_score": round(c["response"] * b, 2),
+            "mean_hu": round(mean_hu, 1), "detection_score": round(c["score"], 2),
         })
     nodules = _dedupe(nodules)
     nodules.sort(key=lambda n: -n["diameter_mm"])

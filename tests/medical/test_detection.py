@@ -86,3 +86,30 @@ def test_real_scans(shared_data):
     nodules = detect_nodules(scan)
     near = [n for n in nodules if np.hypot(n["center_mm"][0] - 56.2, n["center_mm"][1] - 85.6) <= 10]
     assert near and -125 <= near[0]["center_mm"][2] <= -107.5
+
+
+def test_ground_glass_nodule_is_found_like_a_solid_one():
+    """The LoG answers a -520 HU ground-glass nodule at ~1/3 of a solid one; the contrast gain makes the score
+    judge the shape, so a 14 mm ground-glass nodule is reported (it was not before the gain)."""
+    from medical.nodules import MAX_CONTRAST_GAIN, contrast_gain
+
+    vol, v, extra = _chest(5, size_mm=14.0)
+    v["nodule_type"] = "non-solid"
+    from medical.synth import render_ct
+
+    ct, spacing, extra = render_ct(v, np.random.default_rng([5, 77, 1]), (64, 128, 128))
+    scan = read_chest_ct(_volume(ct, spacing))
+    true = np.array([extra["centre_mm"][2], extra["centre_mm"][1], extra["centre_mm"][0]])
+    nodules = detect_nodules(scan)
+    dist = [np.linalg.norm(np.subtract(n["center_mm"], true)) for n in nodules]
+    assert dist and min(dist) < 9.0
+    hit = nodules[int(np.argmin(dist))]
+    assert hit["type"] in ("ground-glass", "part-solid")
+    idx = tuple(hit["center_voxel"])
+    assert 1.5 < contrast_gain(scan.hu, idx, hit["radius_mm"], scan.spacing_mm) <= MAX_CONTRAST_GAIN
+    # A solid nodule is scored as before (gain 1).
+    vol, _, extra = _chest(5, size_mm=18.0)
+    scan = read_chest_ct(vol)
+    true = np.array([extra["centre_mm"][2], extra["centre_mm"][1], extra["centre_mm"][0]])
+    solid = min(detect_nodules(scan), key=lambda n: np.linalg.norm(np.subtract(n["center_mm"], true)))
+    assert contrast_gain(scan.hu, tuple(solid["center_voxel"]), solid["radius_mm"], scan.spacing_mm) == 1.0
