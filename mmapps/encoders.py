@@ -5,6 +5,8 @@ Nothing here loads pretrained weights: the machine (and our users) may be offlin
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -26,18 +28,13 @@ class ResidualUnit(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, strides: int = 1, subunits: int = 1):
         super().__init__()
-        units = []
-        for i in range(max(1, subunits)):
-            c_in, stride = (in_channels, strides) if i == 0 else (out_channels, 1)
-            unit = nn.Sequential()
-            unit.add_module("conv", nn.Conv3d(c_in, out_channels, 3, stride=stride, padding=1))
-            unit.add_module("adn", nn.Sequential())
-            unit.adn.add_module("N", nn.BatchNorm3d(out_channels))
-            unit.adn.add_module("A", nn.PReLU())
-            units.append((f"unit{i}", unit))
         self.conv = nn.Sequential()
-        for name, unit in units:
-            self.conv.add_module(name, unit)
+        for i in range(max(1, subunits)):
+            unit = nn.Sequential()
+            unit.add_module("conv", nn.Conv3d(in_channels if i == 0 else out_channels, out_channels, 3,
+                                              stride=strides if i == 0 else 1, padding=1))
+            unit.add_module("adn", nn.Sequential(OrderedDict(N=nn.BatchNorm3d(out_channels), A=nn.PReLU())))
+            self.conv.add_module(f"unit{i}", unit)
         if strides != 1 or in_channels != out_channels:  # MONAI: a 1-voxel kernel unless the unit strides
             k = 3 if strides != 1 else 1
             self.residual = nn.Conv3d(in_channels, out_channels, k, stride=strides, padding=k // 2)

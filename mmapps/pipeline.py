@@ -137,8 +137,11 @@ def _shapes_only_mode(device: str):
     ``uniform_`` run Python reference code that imports torch._dynamo (~1.4 s of every CLI call) to fill
     tensors that hold no data anyway."""
     import torch
-    from torch.utils._device import DeviceContext
 
+    try:
+        from torch.utils._device import DeviceContext  # private: a torch without it gets the plain device mode
+    except ImportError:
+        return torch.device(device)
     fills = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_, torch.Tensor.bernoulli_,
              torch.Tensor.exponential_, torch.Tensor.log_normal_, torch.Tensor.cauchy_, torch.Tensor.geometric_}
 
