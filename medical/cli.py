@@ -93,16 +93,19 @@ def calibrate(data: Path = typer.Argument(..., help="the cohort folder (manifest
               val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.01, max=0.9,
                                                  help="the training run's validation fraction"),
               seed: int = typer.Option(0, "--seed", help="the training run's train.seed"),
+              held_out: bool = typer.Option(False, "--held-out",
+                                            help="DATA is a separate calibration cohort the model never saw: "
+                                                 "fit on all of it"),
               workers: int = WORKERS_OPT,
               json_out: bool = JSON_OPT):
-    """Fit post-hoc Platt scaling on the training run's validation split and store it in the checkpoint
-    (`train` does this itself at the end; this re-does it, e.g. for a checkpoint trained before it existed)."""
+    """Fit post-hoc Platt scaling on the training run's validation split (or on a held-out calibration cohort)
+    and store it in the checkpoint (`train` does this itself at the end on the validation split)."""
 
     def go():
         from .train import calibrate as calibrate_fn
 
         try:
-            res = calibrate_fn(model, data, val_fraction, seed, workers)
+            res = calibrate_fn(model, data, val_fraction, seed, workers, held_out=held_out)
         except ValueError as exc:
             from mmapps.errors import UserError
 

@@ -208,3 +208,21 @@ def test_linear_term_is_a_frozen_logistic_regression_of_the_training_split():
 
     assert binary_metrics(y, 1 / (1 + np.exp(-z)))["auroc"] == pytest.approx(info["train_auroc"], abs=1e-3)
     assert fit_linear_term(build_model(ModelConfig(modalities=["mri", "record"])), ds, y.tolist()) is None
+
+
+def test_calibrate_on_a_held_out_cohort_uses_all_of_it(tiny_model, tiny_cohort, tmp_path):
+    import csv
+    import shutil
+
+    import torch
+
+    from medical.train import calibrate
+    from mmapps.calibration import META_KEY
+
+    copy = tmp_path / "m.pt"
+    shutil.copy(tiny_model, copy)
+    labelled = [r for r in csv.DictReader(open(tiny_cohort / "manifest.csv")) if r["label"] in ("0", "1")]
+    res = calibrate(copy, tiny_cohort, held_out=True)
+    assert res["n"] == len(labelled)  # every labelled row, not a validation split
+    meta = torch.load(copy, weights_only=True)["meta"][META_KEY]
+    assert "held-out calibration cohort" in meta["fitted_on"]
