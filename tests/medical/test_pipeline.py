@@ -226,3 +226,22 @@ def test_calibrate_on_a_held_out_cohort_uses_all_of_it(tiny_model, tiny_cohort, 
     assert res["n"] == len(labelled)  # every labelled row, not a validation split
     meta = torch.load(copy, weights_only=True)["meta"][META_KEY]
     assert "held-out calibration cohort" in meta["fitted_on"]
+
+
+def test_merge_cohorts_script_makes_one_readable_cohort(tiny_cohort, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from medical.manifest import read_manifest
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "merged"
+    p = subprocess.run([sys.executable, str(root / "scripts" / "merge_cohorts.py"), str(out), str(tiny_cohort),
+                        f"{tiny_cohort}:5"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    _, original = read_manifest(tiny_cohort)
+    merged_root, merged = read_manifest(out)
+    assert len(merged) == len(original) + 5
+    assert len({r["patient_id"] for r in merged}) == len(merged)  # prefixed, unique
+    assert all((merged_root / r["ct"]).is_dir() and Path(r["ct"]).is_absolute() for r in merged)
