@@ -111,8 +111,8 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
     report.figures["reliability"] = lambda path: plot_calibration(
         y[p == p], p[p == p], path, f"reliability, bench cohort (n={int((p == p).sum())}, ECE {ev['ece']:.3f})")
     report.details.update(auprc=ev["auprc"], sensitivity_at_90_specificity=ev["sensitivity_at_90_specificity"],
-                          predict_runs=times, cli_runs=cli_times, synth_seconds=round(synth_s, 1), model=pipe.path, quick=quick,
-                          froc=froc)
+                          predict_runs=times, cli_runs=cli_times, synth_seconds=round(synth_s, 1), model=pipe.path,
+                          quick=quick, froc=froc)
     return report
 
 

@@ -25,7 +25,8 @@ MIN_DIAMETER_MM = 4.0  # smaller findings are not reported (Lung-RADS: < 4 mm ne
 PER_SCALE = 80  # strongest responses per scale examined in detail
 MIN_SIGMA_VOXELS = 0.7  # finer scales than the grid resolves respond to noise, not blobs
 MAX_REPORTED = 10
-MIN_DETECTION_SCORE = 200.0  # LoG response x blobness: ~2 false candidates per synthetic scan (FROC, seed 5151)
+MIN_DETECTION_SCORE = 200.0  # LoG response x blobness (x contrast gain since 2026-11-29): ~2 false candidates
+# per synthetic scan (FROC, seed 5151; 2.4 with the gain on the seed-424242 development scans)
 # The LoG response grows with contrast, so a ground-glass nodule (-600..-400 HU in -850 lung) answers at a third
 # of a solid one's (~900 HU above the lung) and never reached the score: the score is scaled up for candidates
 # fainter than SOLID_CONTRAST, by at most SOLID_CONTRAST / FAINT_CONTRAST (shape evidence, not brightness).
@@ -59,7 +60,7 @@ def _log_responses(hu: np.ndarray, spacing: float):
 
 def find_candidates(hu: np.ndarray, lung: np.ndarray, spacing: float) -> list[dict]:
     """Blob-shaped scale-space maxima near the lungs, one per blob:
-    [{"index": (z, y, x) on the grid, "radius_mm", "response", "blobness"}], strongest first."""
+    [{"index": (z, y, x) on the grid, "radius_mm", "response", "blobness", "score"}], strongest first."""
     from scipy import ndimage
 
     near_lung = lung  # the closed mask holds juxtapleural nodules; the mediastinum and hila stay outside
@@ -229,9 +230,9 @@ def spiculation_score(hu: np.ndarray, index, radius_mm: float, spacing: float) -
 
 
 def contrast_gain(hu: np.ndarray, index, radius_mm: float, spacing: float) -> float:
-    """SOLID_CONTRAST / the candidate's contrast (mean HU of its inner half-radius ball minus the median of a
-    surrounding ring, both clipped like the LoG input), within [1, MAX_CONTRAST_GAIN]; 1 below FAINT_CONTRAST
-    would mean "no object", so those candidates keep the maximum and stay judged by shape and response."""
+    """SOLID_CONTRAST / the candidate's contrast, within [1, MAX_CONTRAST_GAIN]. Contrast = mean HU of the inner
+    half-radius ball minus the median of a 1.3-1.8 radius ring, both clipped like the LoG input. Anything fainter
+    than FAINT_CONTRAST gets the maximum gain: its LoG response and blobness must still carry the score."""
     inner = np.clip(_shell_values(hu, index, radius_mm, spacing, 0.0, 0.5), -1000, 100)
     ring = np.clip(_shell_values(hu, index, radius_mm, spacing, 1.3, 1.8), -1000, 100)
     if inner.size == 0 or ring.size == 0:
