@@ -76,9 +76,11 @@ def find_candidates(hu: np.ndarray, lung: np.ndarray, spacing: float) -> list[di
                 continue  # blobness <= 1: a weaker response can never reach the reporting score
             b = blobness(hu, full, r, spacing)  # vessels (tubes) and plates stop here
             if b >= MIN_BLOBNESS:
-                gain = contrast_gain(hu, full, r, spacing)
+                score = float(resp[tuple(i)]) * b
+                if score * MAX_CONTRAST_GAIN >= MIN_DETECTION_SCORE:  # the gain can still matter: measure it
+                    score *= contrast_gain(hu, full, r, spacing)
                 found.append({"index": full, "radius_mm": r, "response": float(resp[tuple(i)]), "blobness": b,
-                              "score": float(resp[tuple(i)]) * b * gain})
+                              "score": score})
             n += 1
             if n >= PER_SCALE:
                 break

@@ -9,14 +9,15 @@ import csv
 import sys
 from pathlib import Path
 
+from medical.manifest import read_manifest
+
 
 def main(out: str, cohorts: list[str]) -> int:
     merged = []
     for k, spec in enumerate(cohorts):
         folder, _, limit = spec.partition(":")
-        root = Path(folder).resolve()
-        with open(root / "manifest.csv", newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        root, rows = read_manifest(folder)  # the same checks (and shard parts) as `train` reads it with
+        root = root.resolve()
         for row in rows[:int(limit)] if limit else rows:
             row["patient_id"] = f"{chr(ord('A') + k)}{row['patient_id']}"
             for col in ("ct", "mri", "record"):
