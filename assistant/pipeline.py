@@ -56,22 +56,23 @@ def make_reply(intent: str, slots: dict) -> str:
 
 # ---- featurisation shared by training, evaluation and prediction --------------------------------------
 def featurize(token_lists: list[list[str]], vocab: dict[str, int], embedder: TextEmbedder | None = None,
-              cache_dir: Path | None = None) -> list[dict]:
-    """Words -> {"ids", "wvec", "sent"}; MiniLM outputs cached on disk by content (training re-runs are cheap)."""
+              cache_dir: Path | None = None, top_layers: int = 0) -> list[dict]:
+    """Words -> {"ids", "wvec", "sent", "chars"} (with ``top_layers``, the model config's fine-tuned MiniLM
+    layers: {"sub", "first"} instead of "wvec"); MiniLM outputs cached on disk by content (re-runs are cheap)."""
     embedder = embedder or TextEmbedder()
     sent, words = None, None
     if cache_dir is not None:
         import hashlib
 
         key = hashlib.sha1("\n".join(" ".join(t) for t in token_lists).encode()).hexdigest()[:16]
-        cfile = Path(cache_dir) / f"minilm_{key}.pt"
+        cfile = Path(cache_dir) / (f"minilm_{key}.pt" if not top_layers else f"minilm_{key}_top{top_layers}.pt")
         if cfile.is_file():
             try:
                 sent, words = torch.load(cfile, weights_only=True)
             except Exception:
                 sent = None
     if sent is None:
-        sent, words = embedder.embed(token_lists)
+        sent, words = embedder.embed(token_lists, top_layers=top_layers)
         if cache_dir is not None:
             from mmapps.io import atomic_path
 
@@ -80,7 +81,9 @@ def featurize(token_lists: list[list[str]], vocab: dict[str, int], embedder: Tex
     out = []
     for i, toks in enumerate(token_lists):
         toks = toks[:64]
-        out.append({"ids": [vocab.get(w, 1) for w in toks], "wvec": words[i][:len(toks)], "sent": sent[i],
+        w = words[i]
+        vecs = {"sub": w["sub"], "first": w["first"][:len(toks)]} if isinstance(w, dict) else {"wvec": w[:len(toks)]}
+        out.append({"ids": [vocab.get(w, 1) for w in toks], **vecs, "sent": sent[i],
                     "chars": [char_codes(w) for w in toks]})
     return out
 
@@ -162,7 +165,8 @@ class Pipeline(BasePipeline):
         have = [i for i, t in enumerate(token_lists) if t]
         feats = [{"ids": [], "wvec": None, "sent": None} for _ in token_lists]
         if have:
-            for i, f in zip(have, featurize([token_lists[i] for i in have], self.vocab, self.embedder)):
+            for i, f in zip(have, featurize([token_lists[i] for i in have], self.vocab, self.embedder,
+                                           top_layers=self.config.finetune_layers)):
                 feats[i] = f
         results = []
         for s in range(0, len(feats), batch_size):
@@ -215,8 +219,8 @@ class Pipeline(BasePipeline):
         batch = inputs.get("batch")
         if batch is None:
             toks = inputs["tokens"][:64]
-            feat = featurize([toks], self.vocab, self.embedder)[0] if toks else {"ids": [], "wvec": None,
-                                                                                 "sent": None}
+            feat = (featurize([toks], self.vocab, self.embedder, top_layers=self.config.finetune_layers)[0] if toks
+                    else {"ids": [], "wvec": None, "sent": None})
             batch = collate([{**feat, "mel": inputs["mel"]}])
         from mmapps.data import move_to
 

@@ -144,6 +144,22 @@ def describe_state_mismatch(model: nn.Module, state: dict) -> str:
     return "; ".join(parts) or "the optimizer state does not fit the model's parameters"
 
 
+def param_groups(model: nn.Module, lr: float) -> list[dict]:
+    """Trainable parameters as optimizer groups: a submodule with an ``lr_scale`` attribute (e.g. pretrained
+    layers being fine-tuned) trains at ``lr * lr_scale``, everything else at ``lr``."""
+    scaled, seen = {}, set()
+    for _, module in model.named_modules():
+        scale = getattr(module, "lr_scale", None)
+        if scale is None:
+            continue
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                scaled.setdefault(float(scale), []).append(p)
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    return [{"params": rest, "lr": lr}] + [{"params": ps, "lr": lr * k} for k, ps in scaled.items()]
+
+
 def _load_resume_state(model: nn.Module, optimizer, weights: dict, state: dict, path: Path) -> None:
     """Load the saved weights and optimizer; a different architecture is a clean error naming the mismatch."""
     try:
@@ -187,6 +203,7 @@ class Trainer:
 
     # -- building blocks ---------------------------------------------------------------------------
     def _optimizer(self, params):
+        """``params``: parameters or torch parameter groups (``param_groups``)."""
         c = self.cfg
         if c.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
@@ -199,7 +216,8 @@ class Trainer:
         if self.cfg.scheduler == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=self.cfg.lr * 0.01)
         if self.cfg.scheduler == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.cfg.lr, total_steps=total)
+            return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                       total_steps=total)
         return None
 
     def _loader(self, dataset, train: bool, epoch_seed: int):
@@ -266,7 +284,7 @@ class Trainer:
             # Modality dropout can leave an encoder unused in a step: tell DDP to expect that.
             train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                               find_unused_parameters=True)
-        optimizer = self._optimizer([p for p in model.parameters() if p.requires_grad])
+        optimizer = self._optimizer(param_groups(model, c.lr))
         steps = math.ceil(len(train_dataset) / (c.batch_size * self.dist.world_size))
         scheduler = self._scheduler(optimizer, steps)
         use_amp = c.amp and device.type == "cuda"

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from assistant.evaluate import conll_spans
@@ -92,3 +93,42 @@ def test_crf_slot_head_trains_keeps_bio_rules_and_survives_a_checkpoint(tmp_path
     again.load_state_dict(load_checkpoint(tmp_path / "m.pt")["state_dict"])
     assert torch.equal(again.heads["tags"].crf.trans_penalty, m.heads["tags"].crf.trans_penalty)
     assert again.heads["tags"].crf.trans_penalty.min() < -1.0
+
+
+def test_finetuned_minilm_top_layers_start_equal_to_the_frozen_model(tmp_path):
+    """With finetune_layers the word vectors come from the model's own copy of MiniLM's top layer(s): loaded with
+    the pretrained weights they reproduce the frozen word vectors; they train at the scaled learning rate."""
+    from assistant.models import TextEmbedder, load_minilm_layers
+    from assistant.pipeline import featurize
+    from mmapps.trainer import param_groups
+
+    words = [["play", "jazz", "by", "miles", "davis"], ["weather", "in", "qwertzuiop", "tomorrow"]]
+    frozen = featurize(words, {"play": 2}, cache_dir=tmp_path)
+    states = featurize(words, {"play": 2}, cache_dir=tmp_path, top_layers=2)
+    assert "wvec" not in states[0] and states[1]["first"].tolist()[0] == 1  # after [CLS]
+    assert states[1]["sub"].shape[0] > len(words[1]) + 2  # "qwertzuiop" has several subwords; [CLS] and [SEP]
+    assert len(list(tmp_path.glob("minilm_*.pt"))) == 2  # cached apart
+    cfg = ModelConfig(dim=32, word_emb=16, vocab_size=10, n_intents=2, n_tags=len(TAGS), finetune_layers=2,
+                      finetune_lr_scale=0.1, modality_dropout=0.0)
+    m = build_model(cfg).eval()
+    enc = m.encoders["tokens"]
+    load_minilm_layers(enc.top, TextEmbedder().model.state_dict())
+    batch = collate([{**f, "intent": 1, "tags": [0] * len(f["ids"])} for f in states]
+                    + [{"ids": [], "wvec": None, "sent": None, "mel": torch.zeros(64, 30), "intent": 0}])
+    h = batch["tokens"]["sub"].float()
+    for layer in enc.top:
+        h = layer(h, batch["tokens"]["sub_mask"])
+    for b, f in enumerate(frozen):
+        n = len(words[b])
+        ours = h[b, batch["tokens"]["first"][b, :n]]
+        assert torch.allclose(ours, f["wvec"].float(), atol=0.03), (ours - f["wvec"].float()).abs().max()
+    assert torch.isfinite(h[2]).all()  # the audio-only row has no subwords and stays finite
+    m.train()
+    out = m(batch)
+    assert out["outputs"]["tags"].shape == (3, 5, len(TAGS)) and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert enc.top[0].query.weight.grad is not None
+    groups = param_groups(m, 1e-3)
+    top = {id(p) for p in enc.top.parameters()}
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
+    assert {id(p) for p in groups[1]["params"]} == top and not top & {id(p) for p in groups[0]["params"]}
