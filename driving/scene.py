@@ -13,10 +13,12 @@ from .io import wrap_angle
 LIDAR_HEIGHT = 1.73
 DT = 0.1  # 10 Hz
 
+# Car / Pedestrian / Cyclist means: the KITTI training labels' class means (the anchor sizes OpenPCDet uses for
+# KITTI); the Car spread covers the 3.0-3.5 m city cars real streets are full of (simulator 2 drew 4.1 +- 0.35 m).
 SIZES = {  # (mean l, w, h), std
-    "Car": ((4.1, 1.72, 1.52), (0.35, 0.09, 0.09)),
-    "Pedestrian": ((0.75, 0.62, 1.74), (0.12, 0.07, 0.1)),
-    "Cyclist": ((1.75, 0.6, 1.72), (0.12, 0.05, 0.08)),
+    "Car": ((3.9, 1.6, 1.56), (0.42, 0.1, 0.12)),
+    "Pedestrian": ((0.8, 0.6, 1.73), (0.12, 0.07, 0.1)),
+    "Cyclist": ((1.76, 0.6, 1.73), (0.12, 0.05, 0.08)),
     "Van": ((5.0, 1.95, 2.1), (0.4, 0.08, 0.15)),  # labelled, but a neighbour class: teaches "not every box is a Car"
     "Truck": ((9.0, 2.5, 3.2), (1.5, 0.1, 0.3)),  # labelled Truck (another KITTI class): big boxes are not Cars
 }
@@ -158,8 +160,8 @@ def make_scene(rng, seq_len: int, clutter: bool = True):
             ty = side * (road_half + rng.uniform(0.6, pave + 2))
             if rng.random() < 0.5:
                 th = rng.uniform(3, 6)
-                static.append((Thing("tree", (0.3, 0.5, 0.2)), [cylinder_mesh(0.15, 2 * 2.5, (tx, ty, 0)),
-                                                                 sphere_mesh(rng.uniform(1.0, 2.0), (tx, ty, th))]))
+                static.append((Thing("tree", (0.35, 0.25, 0.15)), [cylinder_mesh(0.15, 2 * 2.5, (tx, ty, 0))]))
+                static.append((Thing("vegetation", (0.3, 0.5, 0.2)), [sphere_mesh(rng.uniform(1.0, 2.0), (tx, ty, th))]))
             else:
                 static.append((Thing("pole", (0.5, 0.5, 0.5)), [cylinder_mesh(0.08, 2 * 4.5, (tx, ty, 0), 6)]))
 
@@ -229,6 +231,19 @@ def make_scene(rng, seq_len: int, clutter: bool = True):
     return static, agents, dict(road_half=road_half, ego_y=ego_y, ego_speed=ego_speed, span=span, **pose)
 
 
+def hedge_meshes(rng, length, height, x0, y):
+    """A hedge as real sweeps see it: 0.5-1 m sections of uneven height and depth (a ragged top and face), not
+    one smooth box; the renderer scatters the hits inside (``synth.VEGETATION``)."""
+    out, x = [], x0 - length / 2
+    while x < x0 + length / 2:
+        seg = rng.uniform(0.5, 1.0)
+        h = max(0.4, height + rng.normal(0, 0.12))
+        d = rng.uniform(0.5, 1.2)
+        out.append(box_mesh(seg, d, h, (x + seg / 2, y + rng.normal(0, 0.08), 0.15 + h / 2), rng.normal(0, 0.05)))
+        x += seg
+    return out
+
+
 def _clutter(rng, road_half, pave, span, open_side=None):
     """Street furniture that real sweeps are full of (walls, guard rails, fences, hedges, bushes, bins, bollards,
     bike racks, signs, poles): negatives, so the detector does not call every upright cluster a pedestrian."""
@@ -252,16 +267,24 @@ def _clutter(rng, road_half, pave, span, open_side=None):
             out.append((Thing("clutter", (0.5, 0.5, 0.55)),
                         [box_mesh(0.05, 0.7, 0.9, (x0 + 0.7 * i, y0, 0.15 + 0.45)) for i in range(rng.integers(3, 8))]))
         for _ in range(rng.integers(0, 4)):  # fences / hedges along the back of the pavement
-            L, H = rng.uniform(4, 25), rng.uniform(0.8, 2.0)
-            out.append((Thing("clutter", tuple(rng.uniform(0.2, 0.6, 3))),
-                        [box_mesh(L, rng.uniform(0.05, 0.8), H, (rng.uniform(*span), edge + side * 0.3, 0.15 + H / 2))]))
+            L, H, x0 = rng.uniform(4, 25), rng.uniform(0.8, 2.0), rng.uniform(*span)
+            if rng.random() < 0.5:
+                out.append((Thing("clutter", tuple(rng.uniform(0.2, 0.6, 3))),
+                            [box_mesh(L, rng.uniform(0.05, 0.3), H, (x0, edge + side * 0.3, 0.15 + H / 2))]))
+            else:
+                out.append((Thing("vegetation", (0.2, rng.uniform(0.35, 0.55), 0.15)),
+                            hedge_meshes(rng, L, H, x0, edge + side * 0.6)))
         for _ in range(rng.integers(2, 14)):
             x = rng.uniform(2, 75)
             y = side * (road_half + rng.uniform(0.2, pave))
             kind = rng.integers(4)
-            if kind == 0:  # bush
-                r = rng.uniform(0.3, 1.0)
-                m = [sphere_mesh(r, (x, y, 0.15 + r * 0.7))]
+            if kind == 0:  # bush or shrubbery: 1-4 overlapping porous crowns, rays go into them (``synth.VEGETATION``)
+                m = []
+                for _ in range(rng.integers(1, 5)):
+                    r = rng.uniform(0.3, 1.2)
+                    m.append(sphere_mesh(r, (x + rng.normal(0, 0.8), y + rng.normal(0, 0.4), 0.15 + r * 0.7)))
+                out.append((Thing("vegetation", (0.25, rng.uniform(0.35, 0.55), 0.2)), m))
+                continue
             elif kind == 1:  # bin / box
                 a, b, c = rng.uniform(0.4, 1.0), rng.uniform(0.4, 1.0), rng.uniform(0.8, 1.4)
                 m = [box_mesh(a, b, c, (x, y, 0.15 + c / 2), rng.uniform(0, math.pi))]

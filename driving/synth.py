@@ -29,7 +29,12 @@ LAT0, LON0 = 49.011, 8.423  # Karlsruhe, where KITTI drove
 # each object draws its own factor around it (log-normal), and a few hits are retro-reflective (plates, signs).
 REFLECTANCE = {"ground": 0.12, "road": 0.22, "marking": 0.6, "kerb": 0.25, "building": 0.3, "tree": 0.25,
                "pole": 0.35, "Car": 0.08, "Pedestrian": 0.15, "Cyclist": 0.15, "Van": 0.07, "Truck": 0.1,
-               "clutter": 0.2}
+               "clutter": 0.2, "vegetation": 0.3}
+# Foliage is porous: a lidar ray enters a hedge, bush or crown and returns from a leaf somewhere inside it, so its
+# hits scatter in depth (exponential, mean 0.4 m) and many rays pass through or come back too weak (dropout).
+VEGETATION = {"vegetation"}
+FOLIAGE_DEPTH = 0.4
+FOLIAGE_DROPOUT = 0.3
 # HDL-64E elevation table: the upper block's 32 lasers at ~1/3 degree spacing, the lower block's at ~1/2 degree.
 HDL64_ELEVATION_DEG = np.r_[np.linspace(2.0, -8.33, 32), np.linspace(-8.87, -24.87, 32)]
 
@@ -111,9 +116,10 @@ def render_frame(static, agents, info, k, rng, rays_cam):
     # dropouts: a base rate, more at grazing incidence and for far, dark surfaces
     cos_all = np.abs((nrm * (dirs @ Rw.T)).sum(1))
     dark_far = (np.isin(kinds[gid], ["Car", "Van", "Truck"])) & (t > 30)
-    p_drop = 0.05 + 0.35 * (1 - cos_all) ** 3 + 0.25 * dark_far
+    foliage = np.isin(kinds[gid], list(VEGETATION)) & (gid >= 0)
+    p_drop = 0.05 + 0.35 * (1 - cos_all) ** 3 + 0.25 * dark_far + FOLIAGE_DROPOUT * foliage
     keep = np.isfinite(t) & (t < 120) & (t > 2.0) & (rng.random(len(t)) > p_drop)
-    t = t[keep] + rng.normal(0, 0.02, keep.sum())
+    t = t[keep] + rng.normal(0, 0.02, keep.sum()) + foliage[keep] * rng.exponential(FOLIAGE_DEPTH, keep.sum())
     pts = dirs[keep] * t[:, None]
     kd = kinds[gid[keep]]
     hitw = ego + (dirs[keep] * t[:, None]) @ Rw.T
@@ -121,6 +127,7 @@ def render_frame(static, agents, info, k, rng, rays_cam):
     refl = np.where((kd == "ground") & (np.abs(hitw[:, 1]) < rh), REFLECTANCE["road"], refl)
     refl = np.where((kd == "ground") & (np.abs(np.abs(hitw[:, 1]) - rh + 0.3) < 0.08), REFLECTANCE["marking"], refl)
     cosi = np.abs((nrm[keep] * (dirs[keep] @ Rw.T)).sum(1))
+    cosi = np.where(np.isin(kd, list(VEGETATION)), rng.uniform(0, 1, len(cosi)), cosi)  # leaves face every way
     refl = refl * (0.4 + 0.6 * cosi) + np.abs(rng.normal(0, 0.01, len(refl)))
     plates = np.isin(kd, ["Car", "Van", "Truck"]) & (rng.random(len(refl)) < 0.01)  # retro-reflective plates
     refl = np.clip(np.where(plates, rng.uniform(0.6, 0.99, len(refl)), refl), 0, 0.99)
@@ -257,7 +264,8 @@ def synth_sequence(args) -> list[str]:
 
 
 PROGRESS = "synth_progress.json"
-SIM_VERSION = 2  # bump when the generator changes what a seed produces (2: the randomised world of 2026-11-29)
+SIM_VERSION = 3  # bump when the generator changes what a seed produces (2: the randomised world of 2026-11-29;
+# 3: KITTI class sizes, porous vegetation: ragged hedges, bushes and crowns whose hits scatter in depth)
 
 
 def _progress_path(split: Path, shard) -> Path:

@@ -148,3 +148,22 @@ def test_bench_split_is_reused_until_the_generator_changes(tmp_path, monkeypatch
     bench_split(2)
     assert sweep.stat().st_mtime_ns != stamp  # a new generator version regenerates
     assert json.loads((split / "synth_progress.json").read_text())["settings"]["sim_version"] == driving.synth.SIM_VERSION
+
+
+def test_kitti_car_sizes_and_porous_vegetation():
+    """Simulator 3: car sizes around the KITTI class mean (3.9 m, many small city cars); a hedge's lidar hits scatter
+    in depth and come back less often than a wall's of the same shape."""
+    from driving.synth import FOLIAGE_DEPTH, Thing, box_mesh, camera_rays, make_scene, render_frame
+
+    lengths = np.array([t.box[3] for k in range(12) for t, kind in make_scene(np.random.default_rng([3, k]), 1)[1]
+                        if kind == "Car"])
+    assert 3.75 < lengths.mean() < 4.05 and (lengths < 3.5).mean() > 0.1
+    info = dict(road_half=5.0, ego_y=0.0, ego_speed=0.0, span=(-40.0, 110.0), yaw=0.0, pitch=0.0, roll=0.0,
+                height=1.73)
+    wall = (Thing("clutter", (0.5, 0.5, 0.5)), [box_mesh(0.3, 6, 2.0, (10.0, -4.0, 1.0))])
+    hedge = (Thing("vegetation", (0.2, 0.5, 0.2)), [box_mesh(0.3, 6, 2.0, (10.0, 4.0, 1.0))])
+    points = render_frame([wall, hedge], [], info, 0, np.random.default_rng(0), camera_rays())[0]
+    near = points[(points[:, 0] > 8) & (points[:, 0] < 14) & (points[:, 2] > -1.5)]
+    w, h = near[near[:, 1] < 0], near[near[:, 1] > 0]
+    assert len(w) > 100 and 0.3 * len(w) < len(h) < 0.85 * len(w)
+    assert np.std(w[:, 0]) < 0.1 and np.std(h[:, 0]) > 0.5 * FOLIAGE_DEPTH
