@@ -81,8 +81,9 @@ def featurize(token_lists: list[list[str]], vocab: dict[str, int], embedder: Tex
     out = []
     for i, toks in enumerate(token_lists):
         toks = toks[:64]
-        w = words[i]
-        vecs = {"sub": w["sub"], "first": w["first"][:len(toks)]} if isinstance(w, dict) else {"wvec": w[:len(toks)]}
+        wf = words[i]  # word vectors, or subword states for the fine-tuned top layers
+        vecs = ({"sub": wf["sub"], "first": wf["first"][:len(toks)]} if isinstance(wf, dict)
+                else {"wvec": wf[:len(toks)]})
         out.append({"ids": [vocab.get(w, 1) for w in toks], **vecs, "sent": sent[i],
                     "chars": [char_codes(w) for w in toks]})
     return out
