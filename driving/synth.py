@@ -116,7 +116,7 @@ def render_frame(static, agents, info, k, rng, rays_cam):
     # dropouts: a base rate, more at grazing incidence and for far, dark surfaces
     cos_all = np.abs((nrm * (dirs @ Rw.T)).sum(1))
     dark_far = (np.isin(kinds[gid], ["Car", "Van", "Truck"])) & (t > 30)
-    foliage = np.isin(kinds[gid], list(VEGETATION)) & (gid >= 0)
+    foliage = np.isin(kinds[gid], list(VEGETATION))  # misses map to "sky"
     p_drop = 0.05 + 0.35 * (1 - cos_all) ** 3 + 0.25 * dark_far + FOLIAGE_DROPOUT * foliage
     keep = np.isfinite(t) & (t < 120) & (t > 2.0) & (rng.random(len(t)) > p_drop)
     t = t[keep] + rng.normal(0, 0.02, keep.sum()) + foliage[keep] * rng.exponential(FOLIAGE_DEPTH, keep.sum())
@@ -127,7 +127,7 @@ def render_frame(static, agents, info, k, rng, rays_cam):
     refl = np.where((kd == "ground") & (np.abs(hitw[:, 1]) < rh), REFLECTANCE["road"], refl)
     refl = np.where((kd == "ground") & (np.abs(np.abs(hitw[:, 1]) - rh + 0.3) < 0.08), REFLECTANCE["marking"], refl)
     cosi = np.abs((nrm[keep] * (dirs[keep] @ Rw.T)).sum(1))
-    cosi = np.where(np.isin(kd, list(VEGETATION)), rng.uniform(0, 1, len(cosi)), cosi)  # leaves face every way
+    cosi = np.where(foliage[keep], rng.uniform(0, 1, len(cosi)), cosi)  # leaves face every way
     refl = refl * (0.4 + 0.6 * cosi) + np.abs(rng.normal(0, 0.01, len(refl)))
     plates = np.isin(kd, ["Car", "Van", "Truck"]) & (rng.random(len(refl)) < 0.01)  # retro-reflective plates
     refl = np.clip(np.where(plates, rng.uniform(0.6, 0.99, len(refl)), refl), 0, 0.99)
