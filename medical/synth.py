@@ -117,10 +117,11 @@ def _seg_dist(pz, py, px, a, b):
     return np.sqrt((pz - a[0] - t * ab[0]) ** 2 + (py - a[1] - t * ab[1]) ** 2 + (px - a[2] - t * ab[2]) ** 2)
 
 
+CHEST_WALL = 0.72  # lungs end where the body outline's normalised squared radius reaches this (fat from 0.82): a wall
 HEART = ((-60.0, -25.0, 15.0), (55.0, 48.0, 52.0))  # centre, radii (z, y, x) mm: cut out of the lungs
 
 
-def _point_in_lung(rng, lung, upper: bool | None, margin: float = 0.65):
+def _point_in_lung(rng, lung, upper: bool | None, margin: float = 0.65, body=None):
     c, r = lung
     for _ in range(200):
         u = rng.uniform(-1, 1, 3)
@@ -131,6 +132,8 @@ def _point_in_lung(rng, lung, upper: bool | None, margin: float = 0.65):
         p = np.array(c) + u * np.array(r) * margin
         if sum(((p[i] - HEART[0][i]) / (HEART[1][i] + 8)) ** 2 for i in range(3)) <= 1:
             continue  # inside (or touching) the heart: not lung
+        if body is not None and (p[1] / body[1]) ** 2 + (p[2] / body[0]) ** 2 > 0.9 * CHEST_WALL:
+            continue  # in (or touching) the chest wall: not lung
         return p
     return np.array(c)
 
@@ -152,13 +155,15 @@ def render_ct(v: dict, rng: np.random.Generator, shape=(64, 128, 128)):
         lungs.append((c, r))
         lung_mask |= _ellipsoid(z, y, x, c, r) <= 1.0
     heart = _ellipsoid(z, y, x, *HEART) <= 1.0
-    lung_mask &= ~heart
+    # Lungs stay inside the chest wall: an ellipsoid drawn past the body outline opened the lung to the air
+    # outside, and ~2 % of scans lost a lung to the gate ("air on one side of the body only").
+    lung_mask &= ~heart & (body_r <= CHEST_WALL)
     vol[lung_mask] = -850.0 + rng.normal(0, 15, int(lung_mask.sum())).astype(np.float32)
     # Emphysema: low-attenuation areas (< -950 HU) inside the lungs.
     if v["emphysema"]:
         for _ in range(int(rng.integers(8, 16))):
             lc = lungs[int(rng.integers(0, 2))]
-            p = _point_in_lung(rng, lc, None, 0.8)
+            p = _point_in_lung(rng, lc, None, 0.8, (a, b))
             rr = rng.uniform(10, 22)
             blob = (_ellipsoid(z, y, x, p, (rr, rr * 0.8, rr * 0.8)) <= 1.0) & lung_mask
             vol[blob] = -980.0
@@ -166,17 +171,17 @@ def render_ct(v: dict, rng: np.random.Generator, shape=(64, 128, 128)):
     for side, lc in zip((-1, 1), lungs):
         hilum = (0.0, 0.0, side * 38.0)
         for _ in range(7):
-            end = _point_in_lung(rng, lc, None, 0.9)
+            end = _point_in_lung(rng, lc, None, 0.9, (a, b))
             rad = rng.uniform(1.5, 3.5)
             d = _seg_dist(z, y, x, hilum, end)
             vol = np.where((d <= rad) & lung_mask, np.float32(35.0), vol)
     # Nodules: the index nodule carries size/type/spiculation/lobe; extra ones are small and solid.
     nodules = []
     side = int(rng.integers(0, 2))
-    centre = _point_in_lung(rng, lungs[side], bool(v["upper_lobe"]))
+    centre = _point_in_lung(rng, lungs[side], bool(v["upper_lobe"]), body=(a, b))
     nodules.append((centre, v["nodule_size_mm"], v["nodule_type"], v["spiculation"]))
     for _ in range(v["nodule_count"] - 1):
-        nodules.append((_point_in_lung(rng, lungs[int(rng.integers(0, 2))], None), rng.uniform(3, 6), "solid", 0))
+        nodules.append((_point_in_lung(rng, lungs[int(rng.integers(0, 2))], None, body=(a, b)), rng.uniform(3, 6), "solid", 0))
     for c, size, kind, spic in nodules:
         _draw_nodule(vol, z, y, x, spacing, c, size, kind, spic, rng)
     vol += rng.normal(0, 20, vol.shape).astype(np.float32)
