@@ -19,7 +19,13 @@ SOLID_HU = -300.0
 BONE_HU = 200.0  # mean density above this: rib, vertebra, calcification
 MIN_RESPONSE_HU = 120.0  # scale-normalised LoG contrast a blob needs (lung -850 vs ground glass -600: ~250)
 MIN_BLOBNESS = 0.25  # |smallest| / |largest| Hessian eigenvalue: sphere 1, vessel (tube) ~0
-MIN_FILL_RATIO = 0.3  # elongated masks (vessel segments) fill little of the sphere over their length
+MIN_FILL_RATIO = 0.3  # branching or elongated masks (vessel bifurcations, segments) fill little of the sphere over
+FILL_MIN_DIAMETER_MM = 11.0  # ... their extent; judged only from this axial size up: on a 2.7 mm grid a round 8-10 mm
+# nodule's pixelated mask fills only 0.25-0.3 of it too, and such nodules were rejected
+MAX_ELONGATION = 2.0  # longest / shortest principal axis of the mask, at any size: a nodule ~1-1.5 (z-interpolated
+# thick slices included), a vessel segment 2-4. Synthetic development scans (seed 777, 120 scans, 100 nodules >= 6 mm)
+# against the fill-ratio test alone: false candidates per scan 2.3 -> 1.2 at the same sensitivity (0.88 -> 0.87 on
+# the current renderer, 0.90 -> 0.91 on the previous one: one nodule either way)
 MIN_LUNG_CONTACT = 0.25  # share of the ring around the candidate that is aerated lung
 MIN_DIAMETER_MM = 4.0  # smaller findings are not reported (Lung-RADS: < 4 mm needs no follow-up)
 PER_SCALE = 80  # strongest responses per scale examined in detail
@@ -188,6 +194,16 @@ def fill_ratio(mask: np.ndarray, spacing: float) -> float:
     return float(mask.sum() * spacing ** 3 / (math.pi / 6.0 * d ** 3))
 
 
+def elongation(mask: np.ndarray, spacing: float) -> float:
+    """sqrt(largest / smallest eigenvalue) of the mask's voxel-position covariance, each voxel a uniform cube (so
+    a single voxel reads 1): ~1-1.5 for a nodule, 2-4 for a vessel segment."""
+    pts = np.argwhere(mask).astype(float) * spacing
+    if len(pts) < 2:
+        return 1.0
+    ev = np.linalg.eigvalsh(np.cov(pts.T) + np.eye(3) * spacing ** 2 / 12.0)
+    return float(math.sqrt(ev[-1] / max(ev[0], 1e-9)))
+
+
 def longest_axial_diameter(mask: np.ndarray, spacing: float) -> tuple[float, int]:
     """Longest in-plane extent (mm) on the axial slice where the nodule is largest, and that slice."""
     areas = mask.sum(axis=(1, 2))
@@ -266,8 +282,8 @@ def detect_nodules(scan) -> list[dict]:
         mask, outline, sl = segment(hu, idx, r, sp)
         if mask.sum() == 0:
             continue
-        fill = fill_ratio(mask, sp)
-        if fill < MIN_FILL_RATIO:
+        fill, elong = fill_ratio(mask, sp), elongation(mask, sp)
+        if elong > MAX_ELONGATION:
             continue
         values = hu[sl][mask]
         mean_hu = float(values.mean())
@@ -277,7 +293,7 @@ def detect_nodules(scan) -> list[dict]:
         if contact < MIN_LUNG_CONTACT:
             continue
         diameter, k = longest_axial_diameter(outline, sp)
-        if diameter < MIN_DIAMETER_MM:
+        if diameter < MIN_DIAMETER_MM or (fill < MIN_FILL_RATIO and diameter >= FILL_MIN_DIAMETER_MM):
             continue
         centroid = np.argwhere(mask).mean(axis=0) + [s.start for s in sl]
         r_eq = (3.0 * mask.sum() / (4.0 * math.pi)) ** (1 / 3) * sp
@@ -292,6 +308,7 @@ def detect_nodules(scan) -> list[dict]:
             "spiculation_score": round(spic, 3),
             "upper_lobe": _upper_lobe(scan, centroid[0]),
             "radius_mm": r, "blobness": round(b, 3), "lung_contact": round(contact, 3), "fill_ratio": round(fill, 3),
+            "elongation": round(elong, 2),
             "mean_hu": round(mean_hu, 1), "detection_score": round(c["score"], 2),
         })
     nodules = _dedupe(nodules)

@@ -113,3 +113,44 @@ def test_ground_glass_nodule_is_found_like_a_solid_one():
     true = np.array([extra["centre_mm"][2], extra["centre_mm"][1], extra["centre_mm"][0]])
     solid = min(detect_nodules(scan), key=lambda n: np.linalg.norm(np.subtract(n["center_mm"], true)))
     assert contrast_gain(scan.hu, tuple(solid["center_voxel"]), solid["radius_mm"], scan.spacing_mm) == 1.0
+
+
+def test_elongation_tells_a_ball_from_a_vessel_segment():
+    from medical.nodules import MAX_ELONGATION, elongation
+
+    z, y, x = np.ogrid[-8:9, -8:9, -8:9]
+    ball = z ** 2 + y ** 2 + x ** 2 <= 9
+    tube = (y ** 2 + z ** 2 <= 1) & (np.abs(x) <= 6)
+    assert elongation(ball, 2.7) < 1.1
+    assert elongation(tube, 2.7) > 2 * MAX_ELONGATION
+    assert elongation(np.ones((1, 1, 1), bool), 2.7) == pytest.approx(1.0)
+
+
+def test_round_8_to_10_mm_solid_nodules_are_reported():
+    """Most 8-10 mm solid nodules of synthetic scans are reported (vessels beside one can still hide it)."""
+    from medical.synth import render_ct
+
+    found = 0
+    for seed in range(8):
+        _, v, _ = _chest(100 + seed, size_mm=8.0 + 0.25 * seed)
+        v.update(nodule_type="solid", spiculation=0)
+        ct, spacing, extra = render_ct(v, np.random.default_rng([100 + seed, 77, 1]), (64, 128, 128))
+        scan = read_chest_ct(_volume(ct, spacing))
+        true = np.array([extra["centre_mm"][2], extra["centre_mm"][1], extra["centre_mm"][0]])
+        found += any(np.linalg.norm(np.subtract(n["center_mm"], true)) < 6.0 for n in detect_nodules(scan))
+    assert found >= 6
+
+
+def test_small_round_masks_are_not_judged_by_their_fill_ratio():
+    """Why the fill-ratio test starts at FILL_MIN_DIAMETER_MM: the pixelated mask of a ~9 mm nodule on a 2.7 mm
+    grid (3 voxels across, 5 slices after z interpolation) fills less than MIN_FILL_RATIO of the sphere over its
+    longest extent, although it is round."""
+    from medical.nodules import (FILL_MIN_DIAMETER_MM, MAX_ELONGATION, MIN_FILL_RATIO, elongation, fill_ratio,
+                                 longest_axial_diameter)
+
+    mask = np.zeros((5, 3, 3), bool)  # the mask of a 9 mm solid nodule the old test rejected (fill 0.26)
+    mask[1:4, 1, :] = mask[1:4, :, 1] = True  # a plus-shaped cross-section on 3 slices, one voxel above and below
+    mask[0, 1, 1] = mask[4, 1, 1] = True
+    assert fill_ratio(mask, 2.7) < MIN_FILL_RATIO
+    assert elongation(mask, 2.7) <= MAX_ELONGATION
+    assert longest_axial_diameter(mask, 2.7)[0] < FILL_MIN_DIAMETER_MM
