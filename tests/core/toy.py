@@ -40,3 +40,8 @@ def accuracy(model, dataset, modalities=("a", "b")) -> float:
     batch["present"] = {m: v for m, v in batch["present"].items() if m in modalities}
     logits = model(batch)["outputs"]["label"].reshape(-1)
     return float(((logits > 0).float() == batch["targets"]["label"]).float().mean())
+
+
+def tensor_sample(i: int) -> dict:
+    """What a worker of ``parallel_map`` returns when it reads a study: several tensors in nested containers."""
+    return {"x": torch.full((4,), float(i)), "parts": [torch.tensor([i]), (torch.tensor([2 * i]),)], "id": i}
