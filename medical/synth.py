@@ -122,6 +122,8 @@ HEART = ((-60.0, -25.0, 15.0), (55.0, 48.0, 52.0))  # centre, radii (z, y, x) mm
 
 
 def _point_in_lung(rng, lung, upper: bool | None, margin: float = 0.65, body=None):
+    """A point inside ``lung`` ((centre, radii) z, y, x mm), in the upper/lower half when asked, off the heart
+    and, given ``body`` (the body outline's x and y semi-axes), off the chest wall."""
     c, r = lung
     for _ in range(200):
         u = rng.uniform(-1, 1, 3)
