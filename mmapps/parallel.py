@@ -68,7 +68,7 @@ def _pack(obj):
         return _ByValue(obj)
     if isinstance(obj, dict):
         return {k: _pack(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+    if type(obj) in (list, tuple):  # exact types: a namedtuple or list subclass is returned as it is
         return type(obj)(_pack(v) for v in obj)
     return obj
 
@@ -80,7 +80,7 @@ def _unpack(obj):
         return torch.from_numpy(obj.array)
     if isinstance(obj, dict):
         return {k: _unpack(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+    if type(obj) in (list, tuple):  # exact types: a namedtuple or list subclass is returned as it is
         return type(obj)(_unpack(v) for v in obj)
     return obj
 

@@ -70,7 +70,7 @@ def test_parallel_map_after_torch_has_run_threads():
     assert parallel_map(_square, list(range(6)), workers=2, chunksize=2) == [x * x for x in range(6)]
 
 
-def test_parallel_map_returns_tensors_by_value_under_a_low_open_files_limit(tmp_path):
+def test_parallel_map_returns_tensors_by_value_under_a_low_open_files_limit():
     """Thousands of tensors from workers must not each hold a file descriptor in the parent (torch's shared-memory
     handles did: a 4,000-study cohort ran out of 20,000 descriptors). 1,200 tensors under a 256 limit here."""
     import subprocess
