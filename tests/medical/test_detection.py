@@ -128,12 +128,12 @@ def test_elongation_tells_a_ball_from_a_vessel_segment():
 
 def test_round_8_to_10_mm_solid_nodules_are_reported():
     """Most 8-10 mm solid nodules of synthetic scans are reported (vessels beside one can still hide it)."""
-    from medical.synth import render_ct
+    from medical.synth import render_ct, sample_variables
 
     found = 0
     for seed in range(8):
-        _, v, _ = _chest(100 + seed, size_mm=8.0 + 0.25 * seed)
-        v.update(nodule_type="solid", spiculation=0)
+        v = sample_variables(np.random.default_rng([100 + seed, 77]))  # _chest's draw, without its render
+        v.update(nodule_size_mm=8.0 + 0.25 * seed, nodule_type="solid", spiculation=0)
         ct, spacing, extra = render_ct(v, np.random.default_rng([100 + seed, 77, 1]), (64, 128, 128))
         scan = read_chest_ct(_volume(ct, spacing))
         true = np.array([extra["centre_mm"][2], extra["centre_mm"][1], extra["centre_mm"][0]])
