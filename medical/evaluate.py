@@ -66,20 +66,22 @@ FROC_FP_RATES = (0.125, 0.25, 0.5, 1, 2, 4, 8)  # false candidates per scan (LUN
 def detection_froc(n_scans: int = 40, seed: int = 424242, shape=(64, 128, 128), min_size_mm: float = 6.0) -> dict:
     """Nodule detection on synthetic chest CTs rendered in memory (every nodule's position is known).
 
-    A reported nodule is a true positive when its centre lies within max(radius, 5 mm) of a nodule >= min_size_mm;
-    one near a smaller nodule is ignored (neither hit nor false); anything else is a false candidate. Ranked by
-    the detector's score, as FROC wants (``monai.metrics``). Returns sensitivities at FROC_FP_RATES, the
-    sensitivity of the full output, false candidates per scan, and the mean diameter error.
+    A candidate is a true positive when its centre lies within max(radius, 5 mm) of a nodule >= min_size_mm;
+    one near a smaller nodule is ignored (neither hit nor false); anything else is a false candidate. The FROC
+    curve ranks every measured candidate by the detector's score, below the reporting threshold too (as LUNA16
+    scores a candidate list; ``monai.metrics``); the operating point of what ``predict`` reports (score >=
+    ``MIN_DETECTION_SCORE``, at most ``MAX_REPORTED``) is given beside it. Returns sensitivities at
+    FROC_FP_RATES, the reported nodules' sensitivity and false candidates per scan, and their mean diameter error.
     """
     from monai.metrics import compute_froc_curve_data
 
     from .io import Volume, default_affine
     from .lungs import read_chest_ct
-    from .nodules import detect_nodules
+    from .nodules import measure_candidates, report_nodules
     from .synth import render_ct, sample_variables
 
     tp, fp, size_err = [], [], []
-    targets = found = 0
+    targets = found = reported_fp = 0
     for i in range(n_scans):
         rng = np.random.default_rng([seed, i])
         ct, spacing, extra = render_ct(sample_variables(rng), rng, shape)
@@ -89,27 +91,34 @@ def detection_froc(n_scans: int = 40, seed: int = 424242, shape=(64, 128, 128), 
         truth = [(np.array([c[2], c[1], c[0]]), size) for c, size, _ in extra["nodules"]]  # z,y,x -> LPS x,y,z
         big = [t for t in truth if t[1] >= min_size_mm]
         targets += len(big)
-        hit = set()
-        for n in detect_nodules(scan) if scan.assessable else []:
-            d = [np.linalg.norm(np.asarray(n["center_mm"]) - c) - max(size / 2, 5.0) for c, size in truth]
-            k = int(np.argmin(d)) if d else -1
-            if k < 0 or d[k] > 0:
-                fp.append(n["detection_score"])
-            elif truth[k][1] >= min_size_mm:
-                j = next(j for j, t in enumerate(big) if t is truth[k])
-                if j not in hit:
-                    hit.add(j)
-                    tp.append(n["detection_score"])
-                    size_err.append(abs(n["diameter_mm"] - truth[k][1]) / truth[k][1])
-        found += len(hit)
+        measured = measure_candidates(scan, min_score=0.0) if scan.assessable else []
+        for reported, candidates in ((False, report_nodules(measured, 0.0, None)), (True, report_nodules(measured))):
+            hit = set()
+            for n in sorted(candidates, key=lambda n: -n["detection_score"]):
+                d = [np.linalg.norm(np.asarray(n["center_mm"]) - c) - max(size / 2, 5.0) for c, size in truth]
+                k = int(np.argmin(d)) if d else -1
+                if k < 0 or d[k] > 0:
+                    reported_fp += reported
+                    if not reported:
+                        fp.append(n["detection_score"])
+                elif truth[k][1] >= min_size_mm:
+                    j = next(j for j, t in enumerate(big) if t is truth[k])
+                    if j not in hit:
+                        hit.add(j)
+                        if reported:
+                            size_err.append(abs(n["diameter_mm"] - truth[k][1]) / truth[k][1])
+                        else:
+                            tp.append(n["detection_score"])
+            found += len(hit) if reported else 0
     fps, sens = compute_froc_curve_data(np.asarray(fp, float), np.asarray(tp, float), max(targets, 1), n_scans)
     at = {str(r): float(np.interp(r, fps[::-1], sens[::-1])) if len(fps) else 0.0 for r in FROC_FP_RATES}
     ranked = sorted(fp, reverse=True)
     score_at = {str(r): float(ranked[int(r * n_scans) - 1]) if int(r * n_scans) - 1 < len(ranked) and r * n_scans >= 1
                 else None for r in FROC_FP_RATES}  # the score threshold that keeps r false candidates per scan
     return {"scans": n_scans, "targets": targets, "min_size_mm": min_size_mm, "sensitivity_at_fp": at,
-            "score_at_fp": score_at,
-            "sensitivity": found / max(targets, 1), "false_per_scan": len(fp) / n_scans,
+            "score_at_fp": score_at, "candidates_sensitivity": len(tp) / max(targets, 1),
+            "candidates_false_per_scan": len(fp) / n_scans,
+            "sensitivity": found / max(targets, 1), "false_per_scan": reported_fp / n_scans,
             "mean_relative_diameter_error": float(np.mean(size_err)) if size_err else None}
 
 

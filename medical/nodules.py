@@ -271,13 +271,28 @@ def detect_nodules(scan) -> list[dict]:
     Returns:
         [{"center_voxel": [z, y, x] on the working grid, "center_mm": [x, y, z] LPS, "diameter_mm", "type",
         "spiculation" (bool), "spiculation_score", "upper_lobe" (bool or None), "radius_mm" (LoG scale),
-        "blobness", "mean_hu"}]
+        "blobness", "mean_hu", "detection_score"}]
     """
+    return report_nodules(measure_candidates(scan))
+
+
+def report_nodules(measured: list[dict], min_score: float = MIN_DETECTION_SCORE,
+                   limit: int | None = MAX_REPORTED) -> list[dict]:
+    """The reported nodules among measured candidates: detection score >= ``min_score``, one per nodule, largest
+    first, at most ``limit``. ``min_score=0, limit=None`` gives every candidate, as a FROC curve wants."""
+    nodules = _dedupe([n for n in measured if n["detection_score"] >= min_score])
+    nodules.sort(key=lambda n: -n["diameter_mm"])
+    return nodules[:limit]
+
+
+def measure_candidates(scan, min_score: float = MIN_DETECTION_SCORE) -> list[dict]:
+    """Every candidate scoring >= ``min_score`` that passes the shape, density and lung-contact tests, measured
+    (the fields of :func:`detect_nodules`); not deduplicated."""
     hu, lung, sp = scan.hu, scan.lung, scan.spacing_mm
     nodules = []
     for c in find_candidates(hu, lung, sp):
         idx, r, b = c["index"], c["radius_mm"], c["blobness"]
-        if c["score"] < MIN_DETECTION_SCORE:
+        if c["score"] < min_score:
             continue
         mask, outline, sl = segment(hu, idx, r, sp)
         if mask.sum() == 0:
@@ -311,9 +326,7 @@ def detect_nodules(scan) -> list[dict]:
             "elongation": round(elong, 2),
             "mean_hu": round(mean_hu, 1), "detection_score": round(c["score"], 2),
         })
-    nodules = _dedupe(nodules)
-    nodules.sort(key=lambda n: -n["diameter_mm"])
-    return nodules[:MAX_REPORTED]
+    return nodules
 
 
 def _dedupe(nodules: list[dict]) -> list[dict]:

@@ -154,3 +154,21 @@ def test_small_round_masks_are_not_judged_by_their_fill_ratio():
     assert fill_ratio(mask, 2.7) < MIN_FILL_RATIO
     assert elongation(mask, 2.7) <= MAX_ELONGATION
     assert longest_axial_diameter(mask, 2.7)[0] < FILL_MIN_DIAMETER_MM
+
+
+def test_froc_ranks_every_candidate_and_reports_the_operating_point_beside_it():
+    """The FROC curve extends past the reporting threshold (every measured candidate, as LUNA16 scores a list);
+    the reported nodules are a subset, so they can neither find more nor raise more false candidates."""
+    from medical.evaluate import FROC_FP_RATES, detection_froc
+    from medical.nodules import MIN_DETECTION_SCORE, measure_candidates, report_nodules
+
+    froc = detection_froc(n_scans=3, seed=4242)
+    assert froc["targets"] > 0
+    assert froc["candidates_sensitivity"] >= froc["sensitivity"]
+    assert froc["candidates_false_per_scan"] >= froc["false_per_scan"]
+    curve = [froc["sensitivity_at_fp"][str(r)] for r in FROC_FP_RATES]
+    assert curve == sorted(curve) and curve[-1] <= froc["candidates_sensitivity"] + 1e-9
+    scan = read_chest_ct(_chest(9)[0])
+    measured = measure_candidates(scan, min_score=0.0)
+    assert report_nodules(measured) == detect_nodules(scan)  # the reporting rule is the product's
+    assert any(n["detection_score"] < MIN_DETECTION_SCORE for n in report_nodules(measured, 0.0, None))
