@@ -58,14 +58,14 @@ def make_reply(intent: str, slots: dict) -> str:
 def featurize(token_lists: list[list[str]], vocab: dict[str, int], embedder: TextEmbedder | None = None,
               cache_dir: Path | None = None, top_layers: int = 0) -> list[dict]:
     """Words -> {"ids", "wvec", "sent", "chars"} (with ``top_layers``, the model config's fine-tuned MiniLM
-    layers: {"sub", "first"} instead of "wvec"); MiniLM outputs cached on disk by content (re-runs are cheap)."""
+    layers: {"sub", "first"} too); MiniLM outputs cached on disk by content (re-runs are cheap)."""
     embedder = embedder or TextEmbedder()
     sent, words = None, None
     if cache_dir is not None:
         import hashlib
 
         key = hashlib.sha1("\n".join(" ".join(t) for t in token_lists).encode()).hexdigest()[:16]
-        cfile = Path(cache_dir) / (f"minilm_{key}.pt" if not top_layers else f"minilm_{key}_top{top_layers}.pt")
+        cfile = Path(cache_dir) / (f"minilm_{key}.pt" if not top_layers else f"minilm_{key}_top{top_layers}w.pt")
         if cfile.is_file():
             try:
                 sent, words = torch.load(cfile, weights_only=True)
@@ -82,8 +82,8 @@ def featurize(token_lists: list[list[str]], vocab: dict[str, int], embedder: Tex
     for i, toks in enumerate(token_lists):
         toks = toks[:64]
         wf = words[i]  # word vectors, or subword states for the fine-tuned top layers
-        vecs = ({"sub": wf["sub"], "first": wf["first"][:len(toks)]} if isinstance(wf, dict)
-                else {"wvec": wf[:len(toks)]})
+        vecs = ({"sub": wf["sub"], "first": wf["first"][:len(toks)], "wvec": wf["wvec"][:len(toks)]}
+                if isinstance(wf, dict) else {"wvec": wf[:len(toks)]})
         out.append({"ids": [vocab.get(w, 1) for w in toks], **vecs, "sent": sent[i],
                     "chars": [char_codes(w) for w in toks]})
     return out

@@ -105,7 +105,8 @@ def test_finetuned_minilm_top_layers_start_equal_to_the_frozen_model(tmp_path):
     words = [["play", "jazz", "by", "miles", "davis"], ["weather", "in", "qwertzuiop", "tomorrow"]]
     frozen = featurize(words, {"play": 2}, cache_dir=tmp_path)
     states = featurize(words, {"play": 2}, cache_dir=tmp_path, top_layers=2)
-    assert "wvec" not in states[0] and states[1]["first"].tolist()[0] == 1  # after [CLS]
+    assert states[1]["first"].tolist()[0] == 1  # after [CLS]
+    assert torch.equal(states[0]["wvec"], frozen[0]["wvec"])  # the frozen vectors ride along (slots-only tuning)
     assert states[1]["sub"].shape[0] > len(words[1]) + 2  # "qwertzuiop" has several subwords; [CLS] and [SEP]
     assert len(list(tmp_path.glob("minilm_*.pt"))) == 2  # cached apart
     cfg = ModelConfig(dim=32, word_emb=16, vocab_size=10, n_intents=2, n_tags=len(TAGS), finetune_layers=2,
@@ -132,3 +133,27 @@ def test_finetuned_minilm_top_layers_start_equal_to_the_frozen_model(tmp_path):
     top = {id(p) for p in enc.top.parameters()}
     assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
     assert {id(p) for p in groups[1]["params"]} == top and not top & {id(p) for p in groups[0]["params"]}
+
+
+def test_slots_only_finetuning_keeps_the_intent_path_on_frozen_word_vectors(tmp_path):
+    """finetune_slots_only: the tuned MiniLM layers feed the slot sequence alone; the pooled intent vector reads
+    the frozen word vectors, so the intent loss never reaches the tuned layers and changing them leaves it as is."""
+    from assistant.pipeline import featurize
+
+    words = [["play", "jazz", "by", "miles", "davis"], ["book", "a", "table", "for", "two"]]
+    states = featurize(words, {"play": 2}, cache_dir=tmp_path, top_layers=1)
+    cfg = ModelConfig(dim=32, word_emb=16, vocab_size=10, n_intents=2, n_tags=len(TAGS), finetune_layers=1,
+                      finetune_slots_only=True, modality_dropout=0.0)
+    torch.manual_seed(0)
+    m = build_model(cfg).eval()
+    enc = m.encoders["tokens"]
+    batch = collate([{**f, "intent": 1, "tags": [0] * len(f["ids"])} for f in states])
+    before = enc(batch["tokens"])
+    with torch.no_grad():
+        enc.top[0].query.weight.add_(0.5)
+    after = enc(batch["tokens"])
+    assert torch.equal(before["pooled"], after["pooled"])
+    assert not torch.allclose(before["sequence"], after["sequence"])
+    out = m(batch)
+    m.heads["intent"].loss(out["outputs"]["intent"], batch["targets"]["intent"]).backward()
+    assert enc.top[0].query.weight.grad is None and enc.rnn.weight_ih_l0.grad is not None
