@@ -157,3 +157,22 @@ def test_slots_only_finetuning_keeps_the_intent_path_on_frozen_word_vectors(tmp_
     out = m(batch)
     m.heads["intent"].loss(out["outputs"]["intent"], batch["targets"]["intent"]).backward()
     assert enc.top[0].query.weight.grad is None and enc.rnn.weight_ih_l0.grad is not None
+
+
+def test_models_with_finetuned_layers_are_stored_in_float16_and_load_back():
+    """compact_state halves a fine-tuned model's floating tensors (the 20 MB bundle budget) and leaves models
+    without tuned MiniLM layers as they are; loading copies the values back into float32 parameters."""
+    from assistant.train import compact_state
+
+    cfg = ModelConfig(dim=32, word_emb=16, vocab_size=10, n_intents=2, n_tags=len(TAGS), finetune_layers=1,
+                      finetune_slots_only=True)
+    m = build_model(cfg)
+    state = compact_state(m.state_dict())
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    again = build_model(cfg)
+    again.load_state_dict(state)
+    p = dict(again.named_parameters())["encoders.tokens.top.0.query.weight"]
+    assert p.dtype == torch.float32
+    assert torch.allclose(p, m.encoders["tokens"].top[0].query.weight, atol=1e-3)
+    plain = build_model(ModelConfig(dim=32, word_emb=16, vocab_size=10, n_intents=2, n_tags=len(TAGS))).state_dict()
+    assert compact_state(plain) is plain
