@@ -89,27 +89,15 @@ def detection_froc(n_scans: int = 40, seed: int = 424242, shape=(64, 128, 128), 
         aff[:3, 3] = [-(shape[2] - 1) * spacing[2] / 2, -(shape[1] - 1) * spacing[1] / 2, -(shape[0] - 1) * spacing[0] / 2]
         scan = read_chest_ct(Volume(ct, spacing, "CT", f"synthetic {i}", affine=aff))
         truth = [(np.array([c[2], c[1], c[0]]), size) for c, size, _ in extra["nodules"]]  # z,y,x -> LPS x,y,z
-        big = [t for t in truth if t[1] >= min_size_mm]
-        targets += len(big)
+        targets += sum(size >= min_size_mm for _, size in truth)
         measured = measure_candidates(scan, min_score=0.0) if scan.assessable else []
-        for reported, candidates in ((False, report_nodules(measured, 0.0, None)), (True, report_nodules(measured))):
-            hit = set()
-            for n in sorted(candidates, key=lambda n: -n["detection_score"]):
-                d = [np.linalg.norm(np.asarray(n["center_mm"]) - c) - max(size / 2, 5.0) for c, size in truth]
-                k = int(np.argmin(d)) if d else -1
-                if k < 0 or d[k] > 0:
-                    reported_fp += reported
-                    if not reported:
-                        fp.append(n["detection_score"])
-                elif truth[k][1] >= min_size_mm:
-                    j = next(j for j, t in enumerate(big) if t is truth[k])
-                    if j not in hit:
-                        hit.add(j)
-                        if reported:
-                            size_err.append(abs(n["diameter_mm"] - truth[k][1]) / truth[k][1])
-                        else:
-                            tp.append(n["detection_score"])
-            found += len(hit) if reported else 0
+        hits, false = _match_candidates(report_nodules(measured, 0.0, None), truth, min_size_mm)
+        tp += [score for score, _, _ in hits]
+        fp += false
+        hits, false = _match_candidates(report_nodules(measured), truth, min_size_mm)
+        found += len(hits)
+        reported_fp += len(false)
+        size_err += [abs(d - truth[k][1]) / truth[k][1] for _, k, d in hits]
     fps, sens = compute_froc_curve_data(np.asarray(fp, float), np.asarray(tp, float), max(targets, 1), n_scans)
     at = {str(r): float(np.interp(r, fps[::-1], sens[::-1])) if len(fps) else 0.0 for r in FROC_FP_RATES}
     ranked = sorted(fp, reverse=True)
@@ -120,6 +108,22 @@ def detection_froc(n_scans: int = 40, seed: int = 424242, shape=(64, 128, 128), 
             "candidates_false_per_scan": len(fp) / n_scans,
             "sensitivity": found / max(targets, 1), "false_per_scan": reported_fp / n_scans,
             "mean_relative_diameter_error": float(np.mean(size_err)) if size_err else None}
+
+
+def _match_candidates(candidates: list[dict], truth: list, min_size_mm: float) -> tuple[list, list]:
+    """Candidates, strongest first, against the true nodules [(centre LPS, diameter)] -> (hits [(score, nodule
+    index, measured diameter)], the first per nodule >= min_size_mm; the false candidates' scores). A candidate
+    within reach of a smaller nodule, or of a nodule already hit, counts as neither."""
+    hits, false, seen = [], [], set()
+    for n in sorted(candidates, key=lambda n: -n["detection_score"]):
+        d = [np.linalg.norm(np.asarray(n["center_mm"]) - c) - max(size / 2, 5.0) for c, size in truth]
+        k = int(np.argmin(d)) if d else -1
+        if k < 0 or d[k] > 0:
+            false.append(n["detection_score"])
+        elif truth[k][1] >= min_size_mm and k not in seen:
+            seen.add(k)
+            hits.append((n["detection_score"], k, n["diameter_mm"]))
+    return hits, false
 
 
 def component_ablations(pipe, ds, y, n_rows: int) -> dict:
