@@ -60,29 +60,34 @@ class _ByValue:
         self.array = tensor.detach().cpu().numpy()
 
 
+def _map_leaves(obj, leaf):
+    """``leaf`` applied to every value inside dicts and exact lists / tuples (a namedtuple or list subclass is a
+    leaf: it comes back as it is)."""
+    if isinstance(obj, dict):
+        return {k: _map_leaves(v, leaf) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_map_leaves(v, leaf) for v in obj)
+    return leaf(obj)
+
+
 def _pack(obj):
     torch = sys.modules.get("torch")  # no torch imported in the worker: no tensors to convert
     if torch is None:
         return obj
-    if isinstance(obj, torch.Tensor) and obj.dtype != torch.bfloat16:  # numpy has no bfloat16
-        return _ByValue(obj)
-    if isinstance(obj, dict):
-        return {k: _pack(v) for k, v in obj.items()}
-    if type(obj) in (list, tuple):  # exact types: a namedtuple or list subclass is returned as it is
-        return type(obj)(_pack(v) for v in obj)
-    return obj
+    # numpy has no bfloat16: such tensors keep torch's own pickling
+    return _map_leaves(obj, lambda v: _ByValue(v) if isinstance(v, torch.Tensor) and v.dtype != torch.bfloat16
+                       else v)
 
 
 def _unpack(obj):
-    if isinstance(obj, _ByValue):
-        import torch
+    def leaf(v):
+        if isinstance(v, _ByValue):
+            import torch
 
-        return torch.from_numpy(obj.array)
-    if isinstance(obj, dict):
-        return {k: _unpack(v) for k, v in obj.items()}
-    if type(obj) in (list, tuple):  # exact types: a namedtuple or list subclass is returned as it is
-        return type(obj)(_unpack(v) for v in obj)
-    return obj
+            return torch.from_numpy(v.array)
+        return v
+
+    return _map_leaves(obj, leaf)
 
 
 def _call_by_value(fn, item):
