@@ -83,6 +83,28 @@ def train(data: Path = typer.Argument(..., help="KITTI folder with training/{vel
     emit_json(res) if json_out else print_table([{k: v for k, v in res.items() if k != "history"}], "driving train")
 
 
+@app.command("train-refiner")
+def train_refiner(data: Path = typer.Argument(..., help="KITTI folder with training/{velodyne,image_2,label_2,calib}"),
+                  init: Path = typer.Option(..., "--init", help="the first-stage driving checkpoint (kept frozen)"),
+                  out: Path = typer.Option(..., "--out", help="checkpoint to write: the first stage + the refiner"),
+                  epochs: int = typer.Option(30, "--epochs", min=1, max=1000),
+                  jitter: int = typer.Option(3, "--jitter", min=0, max=20, help="perturbed copies of each labelled box"),
+                  seed: int = typer.Option(0, "--seed", help="validation split and training seed"),
+                  json_out: bool = JSON_OPT):
+    """Train the second stage (points in each detected box -> a refined box and its IoU) on a frozen detector."""
+
+    def go():
+        from mmapps.cli_utils import check_output_file
+
+        from .refine import train_refiner as train_fn
+
+        check_output_file(out)
+        return train_fn(data, init, out, epochs=epochs, jitter=jitter, seed=seed, quiet=json_out)
+
+    res = run_command(go)
+    emit_json(res) if json_out else print_table([{k: v for k, v in res.items() if k != "history"}], "driving train-refiner")
+
+
 # ----------------------------------------------------------------------------------------------- evaluate
 @app.command()
 def evaluate(data: Path = typer.Argument(..., help="labelled KITTI folder (root or training/)"),

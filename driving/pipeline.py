@@ -58,6 +58,7 @@ class Pipeline(BasePipeline):
         super().__init__(model, config, meta, device=device, path=path)
         self.method = method
         self.score_thresh = score_thresh
+        self.refine = True  # use the checkpoint's second stage when it has one (False: the first stage alone)
         self.threads = threads
         self.classical_config = classical_config or ClassicalConfig()
         if modalities is None:
@@ -124,9 +125,18 @@ class Pipeline(BasePipeline):
     def _decode(self, outputs: dict, inputs: dict) -> list[dict]:
         from .boxes import decode
 
-        dets = outputs["detections"] if self.method == "classical" else \
-            decode(outputs, self.config, self.score_thresh)[0]
         frame = inputs["frame"]
+        refiner = getattr(self.model, "refiner", None) if self.method == "learned" and self.refine else None
+        if self.method == "classical":
+            dets = outputs["detections"]
+        elif refiner is None:
+            dets = decode(outputs, self.config, self.score_thresh)[0]
+        else:  # the second stage re-scores: a low first-stage score with a well-fitted box can pass score_thresh
+            from .refine import PROPOSAL_THRESH, refine_detections
+
+            dets = decode(outputs, self.config, min(self.score_thresh, PROPOSAL_THRESH))[0]
+            dets = refine_detections(refiner, frame.points, [d for d in dets if in_camera_view(d["box3d"], frame)],
+                                     self.config)
         return [d for d in dets if d["score"] >= self.score_thresh and in_camera_view(d["box3d"], frame)]
 
     def postprocess(self, outputs: dict, inputs: dict) -> dict:

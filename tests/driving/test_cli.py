@@ -256,3 +256,24 @@ def test_default_sensors_come_from_the_checkpoint(syn_root, tmp_path):
     r = runner.invoke(app, ["perceive", str(syn_root), "--frame", "000000", "--model", str(gated),
                             "--modalities", "lidar,camera", "--json"])
     assert _lines(r.stdout)[0]["modalities"] == ["lidar", "camera"]
+
+
+@needs_model
+def test_train_refiner_cli_adds_a_second_stage(syn_root, tmp_path):
+    from driving import Pipeline
+
+    out = tmp_path / "refined.pt"
+    init = data_dir() / "driving" / "model.pt"
+    r = runner.invoke(app, ["train-refiner", str(syn_root), "--init", str(init), "--out", str(out), "--epochs", "2",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    res = _lines(r.stdout)[0]
+    assert res["train_examples"] > 0 and res["history"]["epoch"] == 2
+    pipe = Pipeline.from_checkpoint(out)
+    assert pipe.config.refine and pipe.model.refiner is not None
+    assert pipe.meta["refiner"]["first_stage"] == str(init)
+    assert pipe.modalities == Pipeline.from_checkpoint(init).modalities  # the first stage's meta is kept
+    r = runner.invoke(app, ["perceive", str(syn_root), "--frame", "000000", "--model", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train-refiner", str(syn_root), "--init", str(tmp_path / "none.pt"), "--out", str(out)])
+    assert r.exit_code == 2 and "error:" in r.stderr and "checkpoint file not found" in r.stderr
