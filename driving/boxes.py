@@ -94,10 +94,11 @@ def rotated_nms(dets: list[dict], iou_thresh: float = 0.1, cross_class_overlap: 
         b = d["box3d"]
         area = b[3] * b[4]
         ok = True
+        radius = math.hypot(b[3], b[4]) / 2
         for k in kept:
             kb = k["box3d"]
-            reach = max(kb[3], kb[4]) + max(b[3], b[4])
-            if abs(kb[0] - b[0]) > reach or abs(kb[1] - b[1]) > reach:
+            # footprints whose circumscribed circles do not meet cannot overlap: skip the polygon clipping
+            if math.hypot(kb[0] - b[0], kb[1] - b[1]) > radius + math.hypot(kb[3], kb[4]) / 2:
                 continue
             inter = rotated_intersection((b[0], b[1], b[3], b[4], b[6]), (kb[0], kb[1], kb[3], kb[4], kb[6]))
             k_area = kb[3] * kb[4]

@@ -26,6 +26,7 @@ from .models import BoxRefiner, DetectorConfig
 MARGIN_XY = 0.6  # m added on each side: the true box can stick out of a proposal that is too small or turned
 MARGIN_Z = 0.4
 PROPOSAL_THRESH = 0.1  # first-stage score of the boxes the refiner looks at
+REDUCED_SHARE = 0.3  # training frames cropped to the camera view, as many KITTI users feed velodyne_reduced
 IOU_SCORE_WEIGHT = 0.5  # final score = first-stage score^(1 - w) * predicted IoU score^w
 
 
@@ -73,13 +74,21 @@ def box_iou_3d(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- points
-def box_points(points: np.ndarray, boxes: np.ndarray, n: int, rng: np.random.Generator | None = None):
+def sort_by_x(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sweep sorted along x, and its x column: ``box_points`` then looks at one slice per box, not at all points."""
+    order = np.argsort(points[:, 0], kind="stable")
+    return points[order], points[order, 0]
+
+
+def box_points(points: np.ndarray, boxes: np.ndarray, n: int, rng: np.random.Generator | None = None,
+               presorted: tuple[np.ndarray, np.ndarray] | None = None):
     """The lidar points in and around each box, in the box's frame.
 
     Args:
         points: [N, 4] sweep (x, y, z, reflectance); boxes: [K, 7] lidar boxes.
         n: points kept per box (a random subset when more; padding, masked out, when fewer).
         rng: draws the subset; None draws with a fixed seed, so detection is repeatable.
+        presorted: ``sort_by_x(points)`` when the caller already has it (several passes over one sweep).
     Returns:
         features [K, n, 7] float32 (u, v, z in metres from the box centre along its length, width and up; the same
         over the half sizes; reflectance) and mask [K, n] bool.
@@ -90,12 +99,11 @@ def box_points(points: np.ndarray, boxes: np.ndarray, n: int, rng: np.random.Gen
     if not len(boxes) or not len(points):
         return feats, mask
     rng = rng or np.random.default_rng(0)
-    order = np.argsort(points[:, 0], kind="stable")  # x-sorted: each box looks at a slice, not the whole sweep
-    xs = points[order, 0]
+    ordered, xs = presorted if presorted is not None else sort_by_x(points)
     for k, b in enumerate(boxes):
         reach = math.hypot(b[3] / 2 + MARGIN_XY, b[4] / 2 + MARGIN_XY)
         lo, hi = np.searchsorted(xs, [b[0] - reach, b[0] + reach])
-        p = points[order[lo:hi]]
+        p = ordered[lo:hi]
         d = p[:, :3] - b[:3]
         c, s = math.cos(b[6]), math.sin(b[6])
         u, v = d[:, 0] * c + d[:, 1] * s, -d[:, 0] * s + d[:, 1] * c
@@ -118,13 +126,21 @@ def box_points(points: np.ndarray, boxes: np.ndarray, n: int, rng: np.random.Gen
 @torch.no_grad()
 def refine_detections(refiner: BoxRefiner, points: np.ndarray, dets: list[dict], cfg: DetectorConfig) -> list[dict]:
     """First-stage detections -> refined boxes, re-scored by the predicted IoU, de-duplicated again (two
-    proposals on one object can converge on the same box)."""
-    from .boxes import rotated_nms
-
+    proposals on one object can converge on the same box). ``cfg.refine_passes`` times: each pass starts from the
+    boxes of the one before (the refiner is trained on errors from large to small, so a second look still helps)."""
     if not dets:
         return dets
+    ordered = sort_by_x(points)
+    for _ in range(cfg.refine_passes):
+        dets = _refine_once(refiner, ordered, dets, cfg)
+    return dets
+
+
+def _refine_once(refiner: BoxRefiner, ordered, dets: list[dict], cfg: DetectorConfig) -> list[dict]:
+    from .boxes import rotated_nms
+
     boxes = np.stack([d["box3d"] for d in dets])
-    feats, mask = box_points(points, boxes, cfg.refine_points)
+    feats, mask = box_points(ordered[0], boxes, cfg.refine_points, presorted=ordered)
     out = refiner(torch.from_numpy(feats), torch.from_numpy(mask), torch.tensor(boxes[:, 3:6], dtype=torch.float32),
                   torch.tensor([cfg.classes.index(d["class"]) for d in dets]),
                   torch.tensor([d["score"] for d in dets], dtype=torch.float32))
@@ -168,12 +184,17 @@ def proposal_targets(proposals: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray,
     return best, res, best >= 0.1
 
 
-def build_refiner_set(split, ids, pipe, jitter: int = 3, seed: int = 0, progress: str | None = "refiner samples") -> dict:
+def build_refiner_set(split, ids, pipe, jitter: int = 3, seed: int = 0, reduced_share: float = REDUCED_SHARE,
+                      progress: str | None = "refiner samples") -> dict:
     """Training examples for the refiner from labelled frames: the first stage's detections (score >= its
-    ``score_thresh``) and ``jitter`` perturbed copies of each labelled box, each with its points and targets."""
+    ``score_thresh``) and ``jitter`` perturbed copies of each labelled box, each with its points and targets.
+    ``reduced_share`` of the frames keep only the points in the camera view (KITTI's velodyne_reduced), so the
+    refiner also learns objects cut by the image edge, whose missing half is not a smaller car."""
+    from dataclasses import replace
+
     from mmapps.progress import track
 
-    from .io import load_frame
+    from .io import load_frame, reduce_to_camera_view
     from .preprocess import gt_boxes
 
     cfg = pipe.config
@@ -181,6 +202,8 @@ def build_refiner_set(split, ids, pipe, jitter: int = 3, seed: int = 0, progress
     parts: dict[str, list] = {k: [] for k in ("points", "mask", "sizes", "classes", "scores", "iou", "residual", "close")}
     for fid in (track(ids, progress) if progress else ids):
         frame = load_frame(split, fid)
+        if rng.random() < reduced_share:
+            frame = replace(frame, points=reduce_to_camera_view(frame.points, frame.calib, frame.image.shape))
         gt, gt_cls = gt_boxes(frame, cfg)
         dets = pipe.detect(frame)
         props = [d["box3d"] for d in dets]
@@ -311,8 +334,10 @@ def train_refiner(data, init, out, epochs: int = 30, jitter: int = 3, seed: int 
     first = Pipeline.from_checkpoint(init, device="cpu", score_thresh=0.1)
     first.refine = False
     cfg = replace(first.config, refine=True)
-    train_set = build_refiner_set(split, [ids[i] for i in tidx], first, jitter, seed, None if quiet else "refiner samples (train)")
-    val_set = build_refiner_set(split, [ids[i] for i in vidx], first, jitter, seed + 1, None if quiet else "refiner samples (val)")
+    train_set = build_refiner_set(split, [ids[i] for i in tidx], first, jitter, seed,
+                                  progress=None if quiet else "refiner samples (train)")
+    val_set = build_refiner_set(split, [ids[i] for i in vidx], first, jitter, seed + 1,
+                                progress=None if quiet else "refiner samples (val)")
     torch.manual_seed(seed)
     refiner = BoxRefiner(cfg)
     history = fit_refiner(refiner, train_set, epochs=epochs, seed=seed, val=val_set, quiet=quiet)
