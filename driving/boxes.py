@@ -52,10 +52,12 @@ def decode_yaw(r: torch.Tensor, cfg: DetectorConfig) -> torch.Tensor:
     return torch.where(r[:, 8] > 0, axis + math.pi, axis)
 
 
-def decode(out: dict, cfg: DetectorConfig, score_thresh: float = 0.2, max_objects: int = 60) -> list[list[dict]]:
+def decode(out: dict, cfg: DetectorConfig, score_thresh: float = 0.2, max_objects: int = 60,
+           cross_class_overlap: float = 0.5) -> list[list[dict]]:
     """Peaks of the class heatmaps -> boxes (lidar frame) per sample, then rotated BEV NMS.
 
-    ``out``: {"heatmap": [B, C, hx, hy], "regression": [B, R, hx, hy], optional "ground": [B, hx, hy]}."""
+    ``out``: {"heatmap": [B, C, hx, hy], "regression": [B, R, hx, hy], optional "ground": [B, hx, hy]}.
+    ``cross_class_overlap``: ``rotated_nms``'s; ``math.inf`` keeps every class hypothesis of a place."""
     heat = torch.sigmoid(out["heatmap"])
     peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
     B, C, hx, hy = heat.shape
@@ -77,7 +79,7 @@ def decode(out: dict, cfg: DetectorConfig, score_thresh: float = 0.2, max_object
         boxes = torch.stack([x, y, z, dims[:, 0], dims[:, 1], dims[:, 2], decode_yaw(r, cfg)], 1).numpy()
         dets = [{"class": cfg.classes[int(c)], "score": float(s), "box3d": bx}
                 for c, s, bx in zip(cls.tolist(), scores.tolist(), boxes)]
-        results.append(rotated_nms(dets)[:max_objects])
+        results.append(rotated_nms(dets, cross_class_overlap=cross_class_overlap)[:max_objects])
     return results
 
 

@@ -12,6 +12,7 @@ runs detection once per frame and reports that one run's wall time.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import numpy as np
@@ -126,18 +127,35 @@ class Pipeline(BasePipeline):
         from .boxes import decode
 
         frame = inputs["frame"]
-        refiner = getattr(self.model, "refiner", None) if self.method == "learned" and self.refine else None
+        refiner = self._refiner()
         if self.method == "classical":
             dets = outputs["detections"]
         elif refiner is None:
             dets = decode(outputs, self.config, self.score_thresh)[0]
-        else:  # the second stage re-scores: a low first-stage score with a well-fitted box can pass score_thresh
-            from .refine import PROPOSAL_THRESH, refine_detections
+        else:
+            from .refine import refine_detections
 
-            dets = decode(outputs, self.config, min(self.score_thresh, PROPOSAL_THRESH))[0]
-            dets = refine_detections(refiner, frame.points, [d for d in dets if in_camera_view(d["box3d"], frame)],
-                                     self.config)
+            dets = refine_detections(refiner, frame.points, self._proposals(outputs, frame), self.config)
         return [d for d in dets if d["score"] >= self.score_thresh and in_camera_view(d["box3d"], frame)]
+
+    def _refiner(self):
+        return getattr(self.model, "refiner", None) if self.method == "learned" and self.refine else None
+
+    def _proposals(self, outputs: dict, frame: Frame) -> list[dict]:
+        """The first stage's boxes for the refiner: a lower score floor (the second stage re-scores: a low first-stage
+        score with a well-fitted box can pass score_thresh) and no suppression across classes (a half-seen car that
+        also looks like a pedestrian keeps both hypotheses; the refiner's IoU score and the final NMS choose)."""
+        from .boxes import decode
+        from .refine import PROPOSAL_THRESH
+
+        dets = decode(outputs, self.config, min(self.score_thresh, PROPOSAL_THRESH), cross_class_overlap=math.inf)[0]
+        return [d for d in dets if in_camera_view(d["box3d"], frame)]
+
+    def proposals(self, frame: Frame) -> list[dict]:
+        """The first stage's proposals for a frame, as the refiner receives them (training the refiner uses this)."""
+        with self._thread_limit(), torch.inference_mode():
+            inputs = self.preprocess(frame)
+            return self._proposals(self._forward(inputs), frame)
 
     def postprocess(self, outputs: dict, inputs: dict) -> dict:
         """Returns {"frame", "method", "objects": [{"class", "score", "box3d": {x,y,z,l,w,h,yaw} (lidar frame),

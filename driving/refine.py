@@ -186,8 +186,8 @@ def proposal_targets(proposals: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray,
 
 def build_refiner_set(split, ids, pipe, jitter: int = 3, seed: int = 0, reduced_share: float = REDUCED_SHARE,
                       progress: str | None = "refiner samples") -> dict:
-    """Training examples for the refiner from labelled frames: the first stage's detections (score >= its
-    ``score_thresh``) and ``jitter`` perturbed copies of each labelled box, each with its points and targets.
+    """Training examples for the refiner from labelled frames: the first stage's proposals (``Pipeline.proposals``,
+    as at inference) and ``jitter`` perturbed copies of each labelled box, each with its points and targets.
     ``reduced_share`` of the frames keep only the points in the camera view (KITTI's velodyne_reduced), so the
     refiner also learns objects cut by the image edge, whose missing half is not a smaller car."""
     from dataclasses import replace
@@ -205,7 +205,7 @@ def build_refiner_set(split, ids, pipe, jitter: int = 3, seed: int = 0, reduced_
         if rng.random() < reduced_share:
             frame = replace(frame, points=reduce_to_camera_view(frame.points, frame.calib, frame.image.shape))
         gt, gt_cls = gt_boxes(frame, cfg)
-        dets = pipe.detect(frame)
+        dets = pipe.proposals(frame)
         props = [d["box3d"] for d in dets]
         cls = [cfg.classes.index(d["class"]) for d in dets]
         scores = [d["score"] for d in dets]
@@ -331,8 +331,7 @@ def train_refiner(data, init, out, epochs: int = 30, jitter: int = 3, seed: int 
     if load_frame(split, ids[0]).labels is None:
         raise UserError(f"{split / 'label_2'}: training the refiner needs label_2 files")
     tidx, vidx = validation_split(len(ids), val_fraction, seed=seed)
-    first = Pipeline.from_checkpoint(init, device="cpu", score_thresh=0.1)
-    first.refine = False
+    first = Pipeline.from_checkpoint(init, device="cpu")
     cfg = replace(first.config, refine=True)
     train_set = build_refiner_set(split, [ids[i] for i in tidx], first, jitter, seed,
                                   progress=None if quiet else "refiner samples (train)")

@@ -138,6 +138,9 @@ def test_nms_across_classes():
     # a stronger Pedestrian wins over a weak Car box around it (highest score first, whatever the class)
     weak_car = dict(car, score=0.4)
     assert [k["class"] for k in rotated_nms([weak_car, ped_inside])] == ["Pedestrian"]
+    # proposals for the refiner keep both hypotheses of a place; same-class duplicates still go
+    kept = rotated_nms([weak_car, ped_inside, dict(car, score=0.3)], cross_class_overlap=float("inf"))
+    assert sorted(k["class"] for k in kept) == ["Car", "Pedestrian"]
 
 
 def test_classical_finds_cars(frame):
