@@ -10,7 +10,9 @@ Built for <= 100 ms per full KITTI frame on one CPU core:
   ``modality_dropout``. It is not a core ``FusionModel``: that fuses one vector per sample, this fuses one per
   BEV cell (B x 88 x 100 cells), so the grid is flattened into the fusion module's batch axis instead;
 - a small 2D CNN and a CenterPoint-style head (class heatmaps + offset, z, log-size, sin/cos yaw) at 0.8 m,
-  decoded in ``driving.boxes``.
+  decoded in ``driving.boxes``;
+- optionally (``refine=True``) a second stage, ``BoxRefiner``: a PointNet on the raw points of each decoded box
+  predicts a residual and the box's 3D IoU (``driving.refine``).
 """
 from __future__ import annotations
 
