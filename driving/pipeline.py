@@ -127,7 +127,9 @@ class Pipeline(BasePipeline):
         from .boxes import decode
 
         frame = inputs["frame"]
-        refiner = self._refiner()
+        # the refiner reads the lidar points: not when the lidar is masked (the camera-only ablation stays camera-only)
+        lidar_on = self.method == "learned" and bool(inputs["batch"]["present"]["lidar"].all())
+        refiner = self._refiner() if lidar_on else None
         if self.method == "classical":
             dets = outputs["detections"]
         elif refiner is None:
@@ -150,12 +152,6 @@ class Pipeline(BasePipeline):
 
         dets = decode(outputs, self.config, min(self.score_thresh, PROPOSAL_THRESH), cross_class_overlap=math.inf)[0]
         return [d for d in dets if in_camera_view(d["box3d"], frame)]
-
-    def proposals(self, frame: Frame) -> list[dict]:
-        """The first stage's proposals for a frame, as the refiner receives them (training the refiner uses this)."""
-        with self._thread_limit(), torch.inference_mode():
-            inputs = self.preprocess(frame)
-            return self._proposals(self._forward(inputs), frame)
 
     def postprocess(self, outputs: dict, inputs: dict) -> dict:
         """Returns {"frame", "method", "objects": [{"class", "score", "box3d": {x,y,z,l,w,h,yaw} (lidar frame),

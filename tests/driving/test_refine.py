@@ -149,6 +149,11 @@ def test_pipeline_uses_the_refiner_and_can_skip_it(syn_root):
     first = pipe.detect(frame)
     assert refined and first
     assert not any(np.allclose(r["box3d"][:2], f["box3d"][:2], atol=1e-3) for r in refined[:5] for f in first[:1])
+    # camera only: the refiner, which reads lidar points, stays out
+    pipe.refine = True
+    camera_only = pipe.detect(frame, ("camera",))
+    pipe.refine = False
+    assert [d["box3d"].tolist() for d in camera_only] == [d["box3d"].tolist() for d in pipe.detect(frame, ("camera",))]
     # an older config without the key rebuilds without a second stage
     old = {k: v for k, v in cfg.to_dict().items() if not k.startswith("refine")}
     assert BEVFusionDetector(DetectorConfig.from_dict(old)).refiner is None
