@@ -90,9 +90,6 @@ def train_refiner(data: Path = typer.Argument(..., help="KITTI folder with train
                   epochs: int = typer.Option(30, "--epochs", min=1, max=1000),
                   jitter: int = typer.Option(3, "--jitter", min=0, max=20, help="perturbed copies of each labelled box"),
                   seed: int = typer.Option(0, "--seed", help="validation split and training seed"),
-                  direction_only: bool = typer.Option(False, "--direction-only",
-                                                      help="second step: add the front/back output to --init's "
-                                                           "refiner, its boxes and scores unchanged"),
                   json_out: bool = JSON_OPT):
     """Train the second stage (points in each detected box -> a refined box and its IoU) on a frozen detector."""
 
@@ -102,8 +99,7 @@ def train_refiner(data: Path = typer.Argument(..., help="KITTI folder with train
         from .refine import train_refiner as train_fn
 
         check_output_file(out)
-        return train_fn(data, init, out, epochs=epochs, jitter=jitter, seed=seed, quiet=json_out,
-                        only_direction=direction_only)
+        return train_fn(data, init, out, epochs=epochs, jitter=jitter, seed=seed, quiet=json_out)
 
     res = run_command(go)
     emit_json(res) if json_out else print_table([{k: v for k, v in res.items() if k != "history"}], "driving train-refiner")

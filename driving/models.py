@@ -60,7 +60,6 @@ class DetectorConfig:
     refine: bool = False
     refine_points: int = 128
     refine_passes: int = 2  # the refiner applied again to its own boxes (validation Car AP3D 0.776 -> 0.804)
-    refine_direction: bool = False  # the refiner also says whether a box points backwards (front and back swapped)
 
     def __post_init__(self):
         for k, v in list(vars(self).items()):
@@ -220,8 +219,8 @@ class BoxRefiner(nn.Module):
     """Second stage: the points around one detected box, in that box's own frame -> a box residual and its IoU.
 
     A shared per-point MLP and a masked max-pool (PointNet), then the box's log size, class and first-stage score;
-    out: 7 residual channels (``driving.refine.encode_residual``), one IoU logit, optionally one direction logit.
-    ~61 k parameters: 60 boxes of 128 points cost ~10 ms on one core."""
+    out: 7 residual channels (``driving.refine.encode_residual``) and one IoU logit. ~40 k parameters: 60 boxes of
+    128 points cost a few ms on one core."""
 
     POINT_FEATURES = 7  # u, v, z in the box frame (m), the same over the half sizes, reflectance
 
@@ -238,13 +237,12 @@ class BoxRefiner(nn.Module):
                                  nn.Linear(128, 128), nn.ReLU(inplace=True))
         self.residual = nn.Linear(128, 7)
         self.iou = nn.Linear(128, 1)
-        self.direction = nn.Linear(128, 1) if cfg.refine_direction else None  # logit: the box points backwards
         nn.init.zeros_(self.residual.weight)  # start as the identity: the first-stage box unchanged
         nn.init.zeros_(self.residual.bias)
 
     def forward(self, points, mask, sizes, classes, scores) -> dict:
         """points [K, P, 7], mask [K, P] bool, sizes [K, 3] (l, w, h of the box), classes [K] long, scores [K]
-        -> {"residual": [K, 7], "iou": [K] logits, and with ``refine_direction`` "direction": [K] logits}."""
+        -> {"residual": [K, 7], "iou": [K] logits}."""
         f = self.points(points.transpose(1, 2))  # [K, C, P]
         f = f.masked_fill(~mask[:, None, :], float("-inf")).amax(2)
         f = torch.where(torch.isfinite(f), f, torch.zeros_like(f))  # a box without points: no point evidence
@@ -252,10 +250,7 @@ class BoxRefiner(nn.Module):
         g = torch.cat([f, sizes.clamp(min=0.05).log(), F.one_hot(classes, len(self.cfg.classes)).float(),
                        scores[:, None], torch.log1p(count) / 5.0], 1)
         h = self.box(g)
-        out = {"residual": self.residual(h), "iou": self.iou(h)[:, 0]}
-        if self.direction is not None:
-            out["direction"] = self.direction(h)[:, 0]
-        return out
+        return {"residual": self.residual(h), "iou": self.iou(h)[:, 0]}
 
 
 # ----------------------------------------------------------------------------------------------- loss

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import rotated_intersection
-from .io import wrap_angle
 from .models import BoxRefiner, DetectorConfig
 
 MARGIN_XY = 0.6  # m added on each side: the true box can stick out of a proposal that is too small or turned
@@ -131,14 +130,12 @@ def refine_detections(refiner: BoxRefiner, points: np.ndarray, dets: list[dict],
     if not dets:
         return dets
     ordered = sort_by_x(points)
-    for k in range(cfg.refine_passes):
-        dets = _refine_once(refiner, ordered, dets, cfg, last=k == cfg.refine_passes - 1)
+    for _ in range(cfg.refine_passes):
+        dets = _refine_once(refiner, ordered, dets, cfg)
     return dets
 
 
-def _refine_once(refiner: BoxRefiner, ordered, dets: list[dict], cfg: DetectorConfig, last: bool = True) -> list[dict]:
-    """One pass. The direction (front/back), when the refiner has that output, is decided on the last pass only:
-    turning a box by pi in between would change what the next pass sees."""
+def _refine_once(refiner: BoxRefiner, ordered, dets: list[dict], cfg: DetectorConfig) -> list[dict]:
     from .boxes import rotated_nms
 
     boxes = np.stack([d["box3d"] for d in dets])
@@ -147,8 +144,6 @@ def _refine_once(refiner: BoxRefiner, ordered, dets: list[dict], cfg: DetectorCo
                   torch.tensor([cfg.classes.index(d["class"]) for d in dets]),
                   torch.tensor([d["score"] for d in dets], dtype=torch.float32))
     refined = apply_residual(boxes, out["residual"].double().numpy())
-    if last and "direction" in out:
-        refined[:, 6] = wrap_angle(refined[:, 6] + math.pi * (out["direction"].numpy() > 0))
     quality = torch.sigmoid(out["iou"]).numpy()
     result = [{**d, "box3d": b.astype(np.float32), "score": float(d["score"] ** (1 - IOU_SCORE_WEIGHT) * q ** IOU_SCORE_WEIGHT)}
               for d, b, q in zip(dets, refined, quality)]
@@ -174,19 +169,18 @@ def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, copies: int) -> np
     return out
 
 
-def proposal_targets(proposals: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For each proposal: its best 3D IoU with a labelled box, that box's residual, whether it is close enough
-    (IoU >= 0.1) to learn a residual from, and whether it points backwards against that box (|heading gap| > 90 deg)."""
+def proposal_targets(proposals: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each proposal: its best 3D IoU with a labelled box, that box's residual, and whether it is close enough
+    (IoU >= 0.1 in BEV-and-height) to learn a residual from."""
     k = len(proposals)
-    best, res, backward = np.zeros(k), np.zeros((k, 7)), np.zeros(k, bool)
+    best, res = np.zeros(k), np.zeros((k, 7))
     if len(gt):
         for i, p in enumerate(proposals):
             ious = [box_iou_3d(p, g) for g in gt]
             j = int(np.argmax(ious))
             best[i] = ious[j]
             res[i] = encode_residual(p, gt[j])[0]
-            backward[i] = math.cos(gt[j][6] - p[6]) < 0
-    return best, res, best >= 0.1, backward
+    return best, res, best >= 0.1
 
 
 def build_refiner_set(split, ids, pipe, jitter: int = 3, seed: int = 0, progress: str | None = "refiner samples") -> dict:
@@ -203,7 +197,7 @@ def build_refiner_set(split, ids, pipe, jitter: int = 3, seed: int = 0, progress
 
     cfg = pipe.config
     rng = np.random.default_rng(seed)
-    parts: dict[str, list] = {k: [] for k in EXAMPLE_KEYS}
+    parts: dict[str, list] = {k: [] for k in ("points", "mask", "sizes", "classes", "scores", "iou", "residual", "close")}
     for fid in (track(ids, progress) if progress else ids):
         frame = load_frame(split, fid)
         gt, gt_cls = gt_boxes(frame, cfg)
@@ -219,18 +213,11 @@ def build_refiner_set(split, ids, pipe, jitter: int = 3, seed: int = 0, progress
         if not len(props):
             continue
         feats, mask = box_points(frame.points, props, cfg.refine_points, rng)
-        iou, res, close, backward = proposal_targets(props, gt)
-        for key, value in zip(EXAMPLE_KEYS, (feats, mask, props[:, 3:6], cls, scores, iou, res, close, backward)):
+        iou, res, close = proposal_targets(props, gt)
+        for key, value in (("points", feats), ("mask", mask), ("sizes", props[:, 3:6]), ("classes", cls),
+                           ("scores", scores), ("iou", iou), ("residual", res), ("close", close)):
             parts[key].append(value)
-    return examples_to_tensors(parts)
-
-
-EXAMPLE_KEYS = ("points", "mask", "sizes", "classes", "scores", "iou", "residual", "close", "backward")
-
-
-def examples_to_tensors(parts: dict[str, list]) -> dict[str, torch.Tensor]:
-    """{key: [arrays per frame]} -> {key: one tensor}, in the dtypes ``fit_refiner`` expects."""
-    dtypes = {"mask": torch.bool, "classes": torch.long, "close": torch.bool, "backward": torch.bool}
+    dtypes = {"mask": torch.bool, "classes": torch.long, "close": torch.bool}
     return {k: torch.tensor(np.concatenate(v), dtype=dtypes.get(k, torch.float32)) for k, v in parts.items()}
 
 
@@ -238,14 +225,9 @@ def examples_to_tensors(parts: dict[str, list]) -> dict[str, torch.Tensor]:
 RESIDUAL_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0)  # heading errors cost most IoU for long boxes
 
 
-def refiner_loss(out: dict, batch: dict, only_direction: bool = False) -> dict:
-    """Smooth-L1 on the residuals of proposals near a labelled box + BCE on the IoU score target of all.
-    ``only_direction``: BCE on the direction output of the near proposals instead (the second training step)."""
+def refiner_loss(out: dict, batch: dict) -> dict:
+    """Smooth-L1 on the residuals of proposals near a labelled box + BCE on the IoU score target of all."""
     close = batch["close"]
-    if only_direction:
-        direction = F.binary_cross_entropy_with_logits(out["direction"][close], batch["backward"][close].float()) \
-            if close.any() else out["direction"].sum() * 0.0
-        return {"direction": direction, "loss": direction}
     w = torch.tensor(RESIDUAL_WEIGHTS)
     if close.any():
         reg = (F.smooth_l1_loss(out["residual"][close], batch["residual"][close], beta=0.05, reduction="none") * w).mean()
@@ -270,30 +252,26 @@ def _mirror(batch: dict, flip: torch.Tensor) -> dict:
 
 
 def fit_refiner(refiner: BoxRefiner, data: dict, epochs: int = 30, batch_size: int = 256, lr: float = 2e-3,
-                seed: int = 0, val: dict | None = None, quiet: bool = False, only_direction: bool = False) -> list[dict]:
-    """Train the refiner on ``build_refiner_set`` examples (mirror augmentation, AdamW, one-cycle schedule); returns
-    the per-epoch history (train loss, and validation loss when ``val`` is given).
-
-    ``only_direction``: train the direction output alone on an already trained refiner, everything else frozen
-    (batch-norm statistics included), so its boxes and scores stay exactly as they were."""
+                seed: int = 0, val: dict | None = None, quiet: bool = False) -> list[dict]:
+    """Train the refiner on ``build_refiner_set`` examples (mirror augmentation, AdamW, cosine schedule); returns
+    the per-epoch history (train loss, and validation loss when ``val`` is given)."""
     from mmapps.progress import track
 
     g = torch.Generator().manual_seed(seed)
-    params = refiner.direction.parameters() if only_direction else refiner.parameters()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(refiner.parameters(), lr=lr, weight_decay=1e-4)
     n = len(data["iou"])
     steps = epochs * max(1, math.ceil(n / batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     history = []
     for epoch in (range(epochs) if quiet else track(range(epochs), "refiner epochs")):
-        refiner.train(not only_direction)
+        refiner.train()
         perm = torch.randperm(n, generator=g)
         total = 0.0
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
             batch = _mirror({k: v[idx] for k, v in data.items()}, torch.rand(len(idx), generator=g) < 0.5)
             out = refiner(batch["points"], batch["mask"], batch["sizes"], batch["classes"], batch["scores"])
-            loss = refiner_loss(out, batch, only_direction)["loss"]
+            loss = refiner_loss(out, batch)["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -302,7 +280,6 @@ def fit_refiner(refiner: BoxRefiner, data: dict, epochs: int = 30, batch_size: i
         row = {"epoch": epoch + 1, "train_loss": total / n}
         if val is not None:
             row.update({f"val_{k}": v for k, v in evaluate_refiner(refiner, val).items()})
-            refiner.train(not only_direction)
         history.append(row)
     refiner.eval()
     return history
@@ -318,36 +295,28 @@ def evaluate_refiner(refiner: BoxRefiner, data: dict) -> dict:
     close = data["close"]
     err_before = data["residual"][close].abs().mean(0)
     err_after = (out["residual"][close] - data["residual"][close]).abs().mean(0)
-    result = {"loss": float(losses["loss"]), "score_loss": float(losses["score"]),
-              "residual_error_before": [round(float(x), 4) for x in err_before],
-              "residual_error_after": [round(float(x), 4) for x in err_after],
-              "backward_before": round(float(data["backward"][close].float().mean()), 4)}
-    if "direction" in out:  # boxes still pointing the wrong way once the direction output is applied
-        wrong = (out["direction"][close] > 0) != data["backward"][close]
-        result["backward_after"] = round(float(wrong.float().mean()), 4)
-    return result
+    return {"loss": float(losses["loss"]), "score_loss": float(losses["score"]),
+            "residual_error_before": [round(float(x), 4) for x in err_before],
+            "residual_error_after": [round(float(x), 4) for x in err_after]}
 
 
 def train_refiner(data, init, out, epochs: int = 30, jitter: int = 3, seed: int = 0, val_fraction: float = 0.1,
-                  quiet: bool = False, only_direction: bool = False) -> dict:
+                  quiet: bool = False) -> dict:
     """Add a trained refiner to a first-stage checkpoint (frozen) and write the result to ``out``.
-
-    Two steps: first the boxes and IoU scores; then, with ``only_direction`` on the result, the direction output
-    alone (front / back), everything else frozen, so the boxes and scores of the first step stay exactly as they are.
 
     Args:
         data: labelled KITTI folder (root or training/); the core validation split of it (``val_fraction``,
             ``seed``) is held out: the refiner is measured there, never trained there.
-        init: the first-stage driving checkpoint (with ``only_direction``: one with a refiner); out: the checkpoint
-            to write (first stage + refiner).
+        init: the first-stage driving checkpoint; out: the checkpoint to write (first stage + refiner).
     Returns:
         {"out", "epochs", "train_examples", "val_examples", "history" (last epoch), "val_frames"}.
     """
     from dataclasses import replace
 
     from mmapps.checkpoint import load_checkpoint, save_checkpoint
-    from mmapps.errors import UserError
     from mmapps.splits import validation_split
+
+    from mmapps.errors import UserError
 
     from .io import list_frames, load_frame, resolve_split
     from .pipeline import Pipeline
@@ -359,34 +328,24 @@ def train_refiner(data, init, out, epochs: int = 30, jitter: int = 3, seed: int 
         raise UserError(f"{split / 'label_2'}: training the refiner needs label_2 files")
     tidx, vidx = validation_split(len(ids), val_fraction, seed=seed)
     first = Pipeline.from_checkpoint(init, device="cpu", score_thresh=PROPOSAL_THRESH)
-    first.refine = False  # proposals from the first stage, as the refiner gets them
-    if only_direction and first.model.refiner is None:
-        raise UserError(f"{init}: --direction-only adds the direction to a trained refiner; this checkpoint has none")
-    cfg = replace(first.config, refine=True, refine_direction=only_direction)
+    first.refine = False
+    cfg = replace(first.config, refine=True)
     train_set = build_refiner_set(split, [ids[i] for i in tidx], first, jitter, seed,
                                   progress=None if quiet else "refiner samples (train)")
     val_set = build_refiner_set(split, [ids[i] for i in vidx], first, jitter, seed + 1,
                                 progress=None if quiet else "refiner samples (val)")
     torch.manual_seed(seed)
     refiner = BoxRefiner(cfg)
-    if only_direction:
-        missing = refiner.load_state_dict(first.model.refiner.state_dict(), strict=False).missing_keys
-        assert all(k.startswith("direction.") for k in missing), missing
-    history = fit_refiner(refiner, train_set, epochs=epochs, seed=seed, val=val_set, quiet=quiet,
-                          only_direction=only_direction)
+    history = fit_refiner(refiner, train_set, epochs=epochs, seed=seed, val=val_set, quiet=quiet)
     from .models import BEVFusionDetector
 
     model = BEVFusionDetector(cfg)
     model.load_state_dict(first.model.state_dict(), strict=False)
     model.refiner.load_state_dict(refiner.state_dict())
     bundle = load_checkpoint(init)
-    step = {"data": str(split), "train_frames": len(tidx), "val_frames": len(vidx),
-            "train_examples": len(train_set["iou"]), "epochs": epochs, "jitter": jitter, "seed": seed,
-            "last_epoch": history[-1]}
-    if only_direction:
-        meta = {**bundle["meta"], "refiner_direction": {**step, "init": str(init)}}
-    else:
-        meta = {**bundle["meta"], "refiner": {**step, "first_stage": str(init)}}
+    meta = {**bundle["meta"], "refiner": {"data": str(split), "train_frames": len(tidx), "val_frames": len(vidx),
+                                          "train_examples": len(train_set["iou"]), "epochs": epochs, "jitter": jitter,
+                                          "seed": seed, "first_stage": str(init), "last_epoch": history[-1]}}
     save_checkpoint(out, model, checkpoint_config(cfg), meta)
     return {"out": str(out), "epochs": epochs, "train_examples": len(train_set["iou"]),
             "val_examples": len(val_set["iou"]), "val_frames": len(vidx), "history": history[-1]}

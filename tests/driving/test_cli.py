@@ -277,29 +277,3 @@ def test_train_refiner_cli_adds_a_second_stage(syn_root, tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train-refiner", str(syn_root), "--init", str(tmp_path / "none.pt"), "--out", str(out)])
     assert r.exit_code == 2 and "error:" in r.stderr and "checkpoint file not found" in r.stderr
-
-    # the second step adds the front/back output and keeps the boxes
-    from driving.io import load_frame, resolve_split
-
-    out2 = tmp_path / "direction.pt"
-    r = runner.invoke(app, ["train-refiner", str(syn_root), "--init", str(out), "--out", str(out2), "--epochs", "1",
-                            "--direction-only", "--json"])
-    assert r.exit_code == 0, r.output
-    assert "val_backward_after" in _lines(r.stdout)[0]["history"]
-    with_direction = Pipeline.from_checkpoint(out2)
-    assert with_direction.config.refine_direction and with_direction.model.refiner.direction is not None
-    frame = load_frame(resolve_split(syn_root), "000000")
-    a, b = pipe.detect(frame), with_direction.detect(frame)
-    assert [d["box3d"][:6].tolist() for d in a] == [d["box3d"][:6].tolist() for d in b]
-    # a checkpoint without a refiner has nothing to add a direction to
-    import torch
-
-    from driving.models import BEVFusionDetector, DetectorConfig
-    from driving.train import checkpoint_config
-    from mmapps.checkpoint import save_checkpoint
-
-    bare = tmp_path / "bare.pt"
-    torch.manual_seed(0)
-    save_checkpoint(bare, BEVFusionDetector(DetectorConfig()), checkpoint_config(DetectorConfig()))
-    r = runner.invoke(app, ["train-refiner", str(syn_root), "--init", str(bare), "--out", str(out2), "--direction-only"])
-    assert r.exit_code == 2 and "error:" in r.stderr and "has none" in r.stderr

@@ -7,8 +7,8 @@ import torch
 
 from driving import io
 from driving.models import BEVFusionDetector, BoxRefiner, DetectorConfig
-from driving.refine import (EXAMPLE_KEYS, apply_residual, box_iou_3d, box_points, encode_residual, examples_to_tensors,
-                            fit_refiner, iou_target, proposal_targets, refine_detections, wrap_axis)
+from driving.refine import (apply_residual, box_iou_3d, box_points, encode_residual, fit_refiner, iou_target,
+                            proposal_targets, refine_detections, wrap_axis)
 
 CAR = np.array([10.0, 2.0, -0.9, 4.0, 1.8, 1.5, 0.3])
 
@@ -76,14 +76,10 @@ def test_proposal_targets_match_the_nearest_label():
     near[0] += 0.3
     far = CAR.copy()
     far[1] += 10.0
-    iou, res, close, backward = proposal_targets(np.stack([near, far]), CAR[None])
-    assert close.tolist() == [True, False] and backward.tolist() == [False, False]
+    iou, res, close = proposal_targets(np.stack([near, far]), CAR[None])
+    assert close.tolist() == [True, False]
     assert 0.75 < iou[0] < 1.0 and iou[1] == 0.0
     assert np.allclose(apply_residual(near[None], res[:1])[0, :6], CAR[:6])
-    turned = near.copy()
-    turned[6] += math.pi
-    iou2, _, _, backward = proposal_targets(turned[None], CAR[None])
-    assert backward.tolist() == [True] and iou2[0] == pytest.approx(iou[0])  # IoU does not see the direction
 
 
 def test_refiner_starts_as_identity_and_handles_empty_boxes():
@@ -104,7 +100,7 @@ def test_refiner_learns_to_correct_shifted_boxes():
     much. After training, the refined boxes must be much closer than the proposals."""
     rng = np.random.default_rng(0)
     cfg = DetectorConfig(refine=True, refine_points=32)
-    examples = {k: [] for k in EXAMPLE_KEYS}
+    examples = {k: [] for k in ("points", "mask", "sizes", "classes", "scores", "iou", "residual", "close")}
     truths, props = [], []
     for i in range(400):
         box = CAR.copy()
@@ -113,12 +109,14 @@ def test_refiner_learns_to_correct_shifted_boxes():
         prop[:2] += rng.normal(0, 0.4, 2)
         prop[6] += rng.normal(0, 0.15)
         feats, mask = box_points(car_surface(box, 100, seed=i), prop[None], cfg.refine_points, rng)
-        targets = proposal_targets(prop[None], box[None])
-        for k, v in zip(EXAMPLE_KEYS, (feats, mask, prop[None, 3:6], [0], [0.5], *targets)):
+        iou, res, close = proposal_targets(prop[None], box[None])
+        for k, v in (("points", feats), ("mask", mask), ("sizes", prop[None, 3:6]), ("classes", [0]),
+                     ("scores", [0.5]), ("iou", iou), ("residual", res), ("close", close)):
             examples[k].append(np.asarray(v))
         truths.append(box)
         props.append(prop)
-    data = examples_to_tensors(examples)
+    dtypes = {"mask": torch.bool, "classes": torch.long, "close": torch.bool}
+    data = {k: torch.tensor(np.concatenate(v), dtype=dtypes.get(k, torch.float32)) for k, v in examples.items()}
     train = {k: v[:300] for k, v in data.items()}
     test = {k: v[300:] for k, v in data.items()}
     torch.manual_seed(0)
@@ -134,49 +132,6 @@ def test_refiner_learns_to_correct_shifted_boxes():
     iou_before = np.mean([box_iou_3d(p, t) for p, t in zip(props[300:], truth)])
     iou_after = np.mean([box_iou_3d(r, t) for r, t in zip(refined, truth)])
     assert iou_after > iou_before + 0.1, (iou_before, iou_after)
-
-
-def car_with_cabin(box, n=160, seed=0):
-    """A car whose cabin sits over its rear half: front and back look different, so the direction is observable."""
-    rng = np.random.default_rng(seed)
-    l, w, h = box[3:6]
-    u = rng.uniform(-l / 2, l / 2, n)
-    v = rng.uniform(-w / 2, w / 2, n)
-    z = np.where(u < 0, rng.uniform(-h / 2, h / 2, n), rng.uniform(-h / 2, 0, n))
-    c, s = math.cos(box[6]), math.sin(box[6])
-    return np.c_[box[0] + c * u - s * v, box[1] + s * u + c * v, box[2] + z, np.full(n, 0.3)].astype(np.float32)
-
-
-def test_direction_step_learns_front_and_back_and_leaves_the_boxes_alone():
-    rng = np.random.default_rng(1)
-    cfg = DetectorConfig(refine=True, refine_points=32, refine_direction=True)
-    examples = {k: [] for k in EXAMPLE_KEYS}
-    for i in range(300):
-        box = CAR.copy()
-        box[0], box[1], box[6] = rng.uniform(8, 30), rng.uniform(-8, 8), rng.uniform(-math.pi, math.pi)
-        prop = box.copy()
-        prop[:2] += rng.normal(0, 0.2, 2)
-        prop[6] += rng.normal(0, 0.1) + math.pi * (i % 2)  # every other proposal points backwards
-        feats, mask = box_points(car_with_cabin(box, seed=i), prop[None], cfg.refine_points, rng)
-        targets = proposal_targets(prop[None], box[None])
-        for k, v in zip(EXAMPLE_KEYS, (feats, mask, prop[None, 3:6], [0], [0.5], *targets)):
-            examples[k].append(np.asarray(v))
-    data = examples_to_tensors(examples)
-    assert data["backward"].float().mean() == pytest.approx(0.5)
-    train, test = ({k: v[sl] for k, v in data.items()} for sl in (slice(0, 200), slice(200, None)))
-    torch.manual_seed(0)
-    refiner = BoxRefiner(cfg)
-    fit_refiner(refiner, train, epochs=8, batch_size=32, quiet=True)  # the first step (boxes, IoU)
-    refiner.eval()
-    with torch.no_grad():
-        before = refiner(test["points"], test["mask"], test["sizes"], test["classes"], test["scores"])
-    fit_refiner(refiner, train, epochs=30, batch_size=32, lr=1e-2, quiet=True, only_direction=True)
-    refiner.eval()
-    with torch.no_grad():
-        after = refiner(test["points"], test["mask"], test["sizes"], test["classes"], test["scores"])
-    assert torch.equal(before["residual"], after["residual"]) and torch.equal(before["iou"], after["iou"])
-    accuracy = ((after["direction"] > 0) == test["backward"]).float().mean()
-    assert accuracy > 0.8, accuracy  # chance is 0.5
 
 
 def test_pipeline_uses_the_refiner_and_can_skip_it(syn_root):
