@@ -287,8 +287,8 @@ def fit_refiner(refiner: BoxRefiner, data: dict, epochs: int = 30, batch_size: i
 
 @torch.no_grad()
 def evaluate_refiner(refiner: BoxRefiner, data: dict) -> dict:
-    """Loss terms, and the mean 3D IoU of near proposals before and after refinement (needs the boxes: the IoU
-    before is stored; the residual error after refinement stands in as the mean absolute residual)."""
+    """The loss on ``data`` and, per residual channel, the mean absolute error of the near proposals before
+    refinement (their residual targets) and after (target minus prediction)."""
     refiner.eval()
     out = refiner(data["points"], data["mask"], data["sizes"], data["classes"], data["scores"])
     losses = refiner_loss(out, data)
