@@ -129,7 +129,12 @@ def refine_detections(refiner: BoxRefiner, points: np.ndarray, dets: list[dict],
     boxes of the one before (the refiner is trained on errors from large to small, so a second look still helps)."""
     if not dets:
         return dets
-    ordered = sort_by_x(points)
+    # only the points near some box need sorting (a full sweep is 360 degrees, the boxes are in the camera view)
+    boxes = np.stack([d["box3d"] for d in dets]).astype(float)
+    reach = float(np.hypot(boxes[:, 3] / 2 + MARGIN_XY, boxes[:, 4] / 2 + MARGIN_XY).max()) + 3.0  # + what a pass moves
+    lo, hi = boxes[:, :2].min(0) - reach, boxes[:, :2].max(0) + reach
+    near = (points[:, 0] >= lo[0]) & (points[:, 0] <= hi[0]) & (points[:, 1] >= lo[1]) & (points[:, 1] <= hi[1])
+    ordered = sort_by_x(points[near])
     for _ in range(cfg.refine_passes):
         dets = _refine_once(refiner, ordered, dets, cfg)
     return dets

@@ -157,3 +157,27 @@ def test_pipeline_uses_the_refiner_and_can_skip_it(syn_root):
     # an older config without the key rebuilds without a second stage
     old = {k: v for k, v in cfg.to_dict().items() if not k.startswith("refine")}
     assert BEVFusionDetector(DetectorConfig.from_dict(old)).refiner is None
+
+
+def test_cropping_the_sweep_before_sorting_changes_nothing(syn_root):
+    """refine_detections sorts only the points near some box; the boxes must be those of the whole sweep."""
+    from driving import refine
+    from driving.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig(refine=True)
+    model = BEVFusionDetector(cfg).eval()
+    with torch.no_grad():
+        model.refiner.residual.bias[:2] = 0.3  # boxes move between the passes
+    frame = io.load_frame(io.resolve_split(syn_root), "000000")
+    pipe = Pipeline(model, cfg, device="cpu", score_thresh=0.0)
+    pipe.refine = False
+    dets = pipe.detect(frame)[:20]
+    with torch.no_grad():
+        cropped = refine_detections(model.refiner, frame.points, dets, cfg)
+        ordered = refine.sort_by_x(frame.points)
+        whole = dets
+        for k in range(cfg.refine_passes):
+            whole = refine._refine_once(model.refiner, ordered, whole, cfg)
+    assert len(dets) > 3 and len(cropped) == len(whole)
+    assert all(np.array_equal(a["box3d"], b["box3d"]) and a["score"] == b["score"] for a, b in zip(cropped, whole))
