@@ -324,6 +324,7 @@ def train_refiner(data, init, out, epochs: int = 30, jitter: int = 3, seed: int 
     from mmapps.errors import UserError
 
     from .io import list_frames, load_frame, resolve_split
+    from .models import BEVFusionDetector
     from .pipeline import Pipeline
     from .train import checkpoint_config
 
@@ -342,11 +343,10 @@ def train_refiner(data, init, out, epochs: int = 30, jitter: int = 3, seed: int 
     torch.manual_seed(seed)
     refiner = BoxRefiner(cfg)
     history = fit_refiner(refiner, train_set, epochs=epochs, seed=seed, val=val_set, quiet=quiet)
-    from .models import BEVFusionDetector
-
+    # the frozen first stage + the new refiner (replacing any refiner --init had), loaded strictly: nothing left out
     model = BEVFusionDetector(cfg)
-    model.load_state_dict(first.model.state_dict(), strict=False)
-    model.refiner.load_state_dict(refiner.state_dict())
+    first_stage = {k: v for k, v in first.model.state_dict().items() if not k.startswith("refiner.")}
+    model.load_state_dict({**first_stage, **{f"refiner.{k}": v for k, v in refiner.state_dict().items()}})
     bundle = load_checkpoint(init)
     meta = {**bundle["meta"], "refiner": {"data": str(split), "train_frames": len(tidx), "val_frames": len(vidx),
                                           "train_examples": len(train_set["iou"]), "epochs": epochs, "jitter": jitter,
