@@ -66,7 +66,7 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
     from mmapps.bench import BenchReport, median_seconds
 
     from .evaluate import detection_froc, evaluate
-    from .nodules import MIN_DETECTION_SCORE
+    from .nodules import default_classifier
     from .pipeline import Pipeline
     from .synth import synth_cohort
 
@@ -107,7 +107,7 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
                froc["sensitivity_at_fp"]["2"], FROC_SENSITIVITY)
     report.add("every candidate (FROC's end): sensitivity >= 6 mm / false per scan",
                f"{froc['candidates_sensitivity']:.2f} / {froc['candidates_false_per_scan']:.2f}")
-    report.add(f"reported nodules (score >= {MIN_DETECTION_SCORE:g}): sensitivity >= 6 mm / false per scan",
+    report.add(f"reported nodules (P(nodule) >= {default_classifier().threshold:.2f}): sensitivity >= 6 mm / false per scan",
                f"{froc['sensitivity']:.2f} / {froc['false_per_scan']:.2f}")
     _real_rows(report, pipe)
     y, p = np.array(ev.pop("labels")), np.array(ev.pop("probabilities"), dtype=float)

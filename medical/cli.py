@@ -87,6 +87,30 @@ def train(data: Path = typer.Argument(..., help="cohort folder with manifest.csv
     _run(go)
 
 
+@app.command("train-detector")
+def train_detector(out: Path = typer.Option(..., "--out", help="classifier JSON to write"),
+                   scans: int = typer.Option(300, "--scans", help="synthetic chest CTs to measure candidates on"),
+                   seed: int = typer.Option(13579, "--seed", help="their seed (keep it apart from bench seeds)"),
+                   false_per_scan: float = typer.Option(1.0, "--false-per-scan",
+                                                        help="reporting threshold: at most this many false "
+                                                             "candidates per held-out scan"),
+                   workers: int = WORKERS_OPT,
+                   json_out: bool = JSON_OPT):
+    """Fit the nodule detector's false-candidate classifier on synthetic chest CTs (bundled:
+    data/medical/nodule_classifier.json)."""
+
+    def go():
+        from mmapps.cli_utils import check_output_file
+
+        from .train import train_nodule_classifier
+
+        check_output_file(out)
+        _show("medical train-detector", train_nodule_classifier(out, scans, seed, workers=workers,
+                                                                false_per_scan=false_per_scan), json_out)
+
+    _run(go)
+
+
 @app.command()
 def calibrate(data: Path = typer.Argument(..., help="the cohort folder (manifest.csv) the model was trained on"),
               model: Path = typer.Option(..., "--model", help="checkpoint to calibrate (rewritten in place)"),

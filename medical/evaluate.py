@@ -69,32 +69,28 @@ def detection_froc(n_scans: int = 40, seed: int = 424242, shape=(64, 128, 128), 
     A candidate is a true positive when its centre lies within max(radius, 5 mm) of a nodule >= min_size_mm;
     one near a smaller nodule is ignored (neither hit nor false); anything else is a false candidate. The FROC
     curve ranks every measured candidate by the detector's score, below the reporting threshold too (as LUNA16
-    scores a candidate list; ``monai.metrics``); the operating point of what ``predict`` reports (score >=
-    ``MIN_DETECTION_SCORE``, at most ``MAX_REPORTED``) is given beside it. Returns sensitivities at
+    scores a candidate list; ``monai.metrics``); the operating point of what ``predict`` reports (score >= the
+    classifier's threshold, at most ``MAX_REPORTED``) is given beside it. Returns sensitivities at
     FROC_FP_RATES, the reported nodules' sensitivity and false candidates per scan, and their mean diameter error.
     """
     from monai.metrics import compute_froc_curve_data
 
-    from .io import Volume, default_affine
     from .lungs import read_chest_ct
-    from .nodules import measure_candidates, report_nodules
-    from .synth import render_ct, sample_variables
+    from .nodules import default_classifier, measure_candidates, report_nodules, score_candidates
+    from .synth import synthetic_chest_scan
 
+    classifier = default_classifier()
     tp, fp, size_err = [], [], []
     targets = found = reported_fp = 0
     for i in range(n_scans):
-        rng = np.random.default_rng([seed, i])
-        ct, spacing, extra = render_ct(sample_variables(rng), rng, shape)
-        aff = default_affine(spacing)
-        aff[:3, 3] = [-(shape[2] - 1) * spacing[2] / 2, -(shape[1] - 1) * spacing[1] / 2, -(shape[0] - 1) * spacing[0] / 2]
-        scan = read_chest_ct(Volume(ct, spacing, "CT", f"synthetic {i}", affine=aff))
-        truth = [(np.array([c[2], c[1], c[0]]), size) for c, size, _ in extra["nodules"]]  # z,y,x -> LPS x,y,z
+        vol, truth = synthetic_chest_scan(seed, i, shape)
+        scan = read_chest_ct(vol)
         targets += sum(size >= min_size_mm for _, size in truth)
-        measured = measure_candidates(scan, min_score=0.0) if scan.assessable else []
-        hits, false = _match_candidates(report_nodules(measured, 0.0, None), truth, min_size_mm)
+        measured = score_candidates(measure_candidates(scan), classifier) if scan.assessable else []
+        hits, false = match_candidates(report_nodules(measured, 0.0, None), truth, min_size_mm)
         tp += [score for score, _, _ in hits]
         fp += false
-        hits, false = _match_candidates(report_nodules(measured), truth, min_size_mm)
+        hits, false = match_candidates(report_nodules(measured, classifier.threshold), truth, min_size_mm)
         found += len(hits)
         reported_fp += len(false)
         size_err += [abs(d - truth[k][1]) / truth[k][1] for _, k, d in hits]
@@ -110,7 +106,7 @@ def detection_froc(n_scans: int = 40, seed: int = 424242, shape=(64, 128, 128), 
             "mean_relative_diameter_error": float(np.mean(size_err)) if size_err else None}
 
 
-def _match_candidates(candidates: list[dict], truth: list, min_size_mm: float) -> tuple[list, list]:
+def match_candidates(candidates: list[dict], truth: list, min_size_mm: float) -> tuple[list, list]:
     """Candidates, strongest first, against the true nodules [(centre LPS, diameter)] -> (hits [(score, nodule
     index, measured diameter)], the first per nodule >= min_size_mm; the false candidates' scores). A candidate
     within reach of a smaller nodule, or of a nodule already hit, counts as neither."""

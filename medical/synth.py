@@ -191,6 +191,20 @@ def render_ct(v: dict, rng: np.random.Generator, shape=(64, 128, 128)):
                           "nodules": [([float(t) for t in c], float(size), kind) for c, size, kind, _ in nodules]}
 
 
+def synthetic_chest_scan(seed: int, index: int, shape=(64, 128, 128)):
+    """Scan ``index`` of a seeded series of synthetic chest CTs, rendered in memory: (a Volume whose LPS
+    coordinates equal the generator's mm, its nodules [(centre LPS x, y, z, diameter mm)]). Detection checks
+    and the false-candidate classifier use these (every nodule's position is known)."""
+    from .io import Volume, default_affine
+
+    rng = np.random.default_rng([seed, index])
+    ct, spacing, extra = render_ct(sample_variables(rng), rng, shape)
+    aff = default_affine(spacing)
+    aff[:3, 3] = [-(shape[2] - 1) * spacing[2] / 2, -(shape[1] - 1) * spacing[1] / 2, -(shape[0] - 1) * spacing[0] / 2]
+    truth = [(np.array([c[2], c[1], c[0]]), size) for c, size, _ in extra["nodules"]]  # z,y,x -> LPS x,y,z
+    return Volume(ct, spacing, "CT", f"synthetic {index}", affine=aff), truth
+
+
 def _draw_nodule(vol, z, y, x, spacing, c, size, kind, spic, rng):
     r = size / 2.0
     ext = r + 12.0

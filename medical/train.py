@@ -165,3 +165,93 @@ def calibrate(checkpoint, data, val_fraction: float = 0.2, seed: int = 0, worker
     return {"scale": round(cal.scale, 4), "bias": round(cal.bias, 4), "n": cal.n,
             "val_ece_before": round(expected_calibration_error(y[ok], p[ok]), 4),
             "val_ece_after": round(expected_calibration_error(y[ok], cal.probability(logit(p[ok]))), 4)}
+
+
+def _labelled_candidates(args) -> dict:
+    """One synthetic scan's measured candidates, each with ``label`` 1 (on a nodule >= MIN_DIAMETER_MM) or 0; a
+    candidate on a smaller nodule is left out (neither), as the FROC does. Runs in a worker process."""
+    from .lungs import read_chest_ct
+    from .nodules import MIN_DIAMETER_MM, measure_candidates
+    from .synth import synthetic_chest_scan
+
+    seed, index, shape = args
+    vol, truth = synthetic_chest_scan(seed, index, shape)
+    scan = read_chest_ct(vol)
+    rows = []
+    for n in measure_candidates(scan) if scan.assessable else []:
+        d = [np.linalg.norm(np.asarray(n["center_mm"]) - c) - max(size / 2, 5.0) for c, size in truth]
+        k = int(np.argmin(d)) if d else -1
+        on_nodule = k >= 0 and d[k] <= 0
+        if on_nodule and truth[k][1] < MIN_DIAMETER_MM:
+            continue
+        rows.append({**n, "label": int(on_nodule), "scan": index})
+    return {"truth": [(c.tolist(), float(s)) for c, s in truth], "candidates": rows}
+
+
+def train_nodule_classifier(out, scans: int = 300, seed: int = 13579, shape=(64, 128, 128), workers: int = 1,
+                            fit_fraction: float = 0.75, false_per_scan: float = 1.0) -> dict:
+    """Fit the false-candidate classifier (:class:`medical.nodules.NoduleClassifier`) on synthetic chest CTs.
+
+    Scans [0, fit_fraction * scans) fit a standardised logistic regression (scikit-learn) on every measured
+    candidate (label: on a nodule >= 4 mm); the remaining scans, never fitted on, choose the reporting
+    threshold: the lowest probability (0.01 steps) that leaves at most ``false_per_scan`` false candidates per
+    scan after deduplication, as ``predict`` reports. Writes the JSON ``out`` atomically; returns its summary."""
+    import datetime
+    import json
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from mmapps.io import atomic_write_text
+    from mmapps.parallel import parallel_map
+
+    from .evaluate import match_candidates
+    from .nodules import NoduleClassifier, candidate_features, report_nodules, score_candidates
+
+    if scans < 8:
+        raise UserError(f"--scans must be >= 8 (a quarter of them choose the threshold); got {scans}")
+    per_scan = parallel_map(_labelled_candidates, [(seed, i, tuple(shape)) for i in range(scans)], workers=workers,
+                            description="measuring candidates on synthetic scans")
+    n_fit = int(round(fit_fraction * scans))
+    fit = [c for s in per_scan[:n_fit] for c in s["candidates"]]
+    y = np.array([c["label"] for c in fit])
+    if len(set(y.tolist())) < 2:
+        raise UserError("the fitting scans gave candidates of one class only; use more --scans")
+    x = np.array([candidate_features(c) for c in fit])
+    scaler = StandardScaler().fit(x)
+    lr = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(x), y)
+    clf = NoduleClassifier(scaler.mean_, scaler.scale_, lr.coef_[0], lr.intercept_[0], threshold=0.5)
+    held = per_scan[n_fit:]
+    for s in held:
+        score_candidates(s["candidates"], clf)
+
+    def operating_point(threshold: float) -> tuple[float, float, float]:
+        false = hit6 = hit4 = n6 = n4 = 0
+        for s in held:
+            truth = [(np.asarray(c), size) for c, size in s["truth"]]
+            reported = report_nodules(s["candidates"], threshold, None)
+            hits, fp = match_candidates(reported, truth, 4.0)
+            false += len(fp)
+            hit4 += len(hits)
+            hit6 += sum(truth[k][1] >= 6.0 for _, k, _ in hits)
+            n4 += sum(size >= 4.0 for _, size in truth)
+            n6 += sum(size >= 6.0 for _, size in truth)
+        return false / len(held), hit6 / max(n6, 1), hit4 / max(n4, 1)
+
+    threshold = next((t for t in np.round(np.arange(0.01, 1.0, 0.01), 2) if operating_point(t)[0] <= false_per_scan),
+                     0.99)
+    fp, sens6, sens4 = operating_point(float(threshold))
+    clf.threshold = float(threshold)
+    clf.meta = {"trained": datetime.date.today().isoformat(),
+                "data": f"{scans} synthetic chest CTs, seed {seed}, {'x'.join(map(str, shape))} "
+                        f"(`medical.synth.synthetic_chest_scan`): scans 0-{n_fit - 1} fit, {n_fit}-{scans - 1} "
+                        "choose the threshold",
+                "command": f"mmapps medical train-detector --out OUT --scans {scans} --seed {seed} "
+                           f"--false-per-scan {false_per_scan:g}",
+                "fit_candidates": int(len(y)), "fit_positives": int(y.sum()),
+                "threshold_false_per_scan_target": false_per_scan,
+                "held_out": {"scans": len(held), "false_per_scan": round(fp, 3),
+                             "sensitivity_6mm": round(sens6, 3), "sensitivity_4mm": round(sens4, 3)}}
+    atomic_write_text(out, json.dumps(clf.to_dict(), indent=1) + "\n")
+    return {"out": str(out), "threshold": clf.threshold, **{k: v for k, v in clf.meta.items() if k != "held_out"},
+            **{f"held-out {k}": v for k, v in clf.meta["held_out"].items()}}

@@ -59,9 +59,11 @@ def test_bad_inputs(shared_data, tiny_model, tmp_path):
         ["evaluate", str(tmp_path)],
         ["synth", str(tmp_path / "s"), "--patients", "2", "--shard", "3/2"],
         ["synth", str(tmp_path / "s"), "--patients", "2", "--shape", "1x2"],
+        ["train-detector", "--out", str(tmp_path / "s"), "--scans", "2"],
     ]
     for args in cases:
-        _bad(runner.invoke(app, args + ["--model", str(tiny_model), "--json"] if args[0] != "synth" else args))
+        own_model = args[0] not in ("synth", "train-detector")
+        _bad(runner.invoke(app, args + ["--model", str(tiny_model), "--json"] if own_model else args))
     assert not report.exists()  # nothing half-written
     assert not (tmp_path / "s").exists()
     _bad(runner.invoke(app, ["predict", str(m / "monai_CT_DICOM"), "--model", str(tmp_path / "nope.pt")]))

@@ -160,7 +160,7 @@ def test_froc_ranks_every_candidate_and_reports_the_operating_point_beside_it():
     """The FROC curve extends past the reporting threshold (every measured candidate, as LUNA16 scores a list);
     the reported nodules are a subset, so they can neither find more nor raise more false candidates."""
     from medical.evaluate import FROC_FP_RATES, detection_froc
-    from medical.nodules import MIN_DETECTION_SCORE, measure_candidates, report_nodules
+    from medical.nodules import default_classifier, measure_candidates, report_nodules, score_candidates
 
     froc = detection_froc(n_scans=3, seed=4242)
     assert froc["targets"] > 0
@@ -169,6 +169,65 @@ def test_froc_ranks_every_candidate_and_reports_the_operating_point_beside_it():
     curve = [froc["sensitivity_at_fp"][str(r)] for r in FROC_FP_RATES]
     assert curve == sorted(curve) and curve[-1] <= froc["candidates_sensitivity"] + 1e-9
     scan = read_chest_ct(_chest(9)[0])
-    measured = measure_candidates(scan, min_score=0.0)
+    measured = score_candidates(measure_candidates(scan))
     assert report_nodules(measured) == detect_nodules(scan)  # the reporting rule is the product's
-    assert any(n["detection_score"] < MIN_DETECTION_SCORE for n in report_nodules(measured, 0.0, None))
+    assert any(n["detection_score"] < default_classifier().threshold for n in report_nodules(measured, 0.0, None))
+
+
+def test_faint_candidates_are_segmented_at_half_their_contrast():
+    """A -520 HU ground-glass nodule blurred by 5 mm slices keeps a core near -600 HU: segmented above -600 HU
+    it was 2-3 voxels and failed the shape tests; at half its contrast over the lung it keeps its size."""
+    from medical.nodules import DENSE_HU, MIN_HALF_CONTRAST_HU, dense_threshold, segment
+
+    z, y, x = np.ogrid[-12:13, -12:13, -12:13]
+    d = np.sqrt(z ** 2 + y ** 2 + x ** 2) * 2.7
+    lung = np.full(d.shape, -850.0)
+    faint = np.where(d <= 4.5, -620.0, lung)  # a 9 mm blob only 230 HU above the lung
+    solid = np.where(d <= 4.5, 30.0, lung)
+    c = (12, 12, 12)
+    t = dense_threshold(faint, c, 4.0, 2.7)
+    assert -850 + MIN_HALF_CONTRAST_HU <= t < DENSE_HU and t == pytest.approx(-735, abs=10)
+    assert dense_threshold(solid, c, 4.0, 2.7) == DENSE_HU  # solid nodules are measured as before
+    assert not (faint > DENSE_HU).any()  # the old fixed threshold saw nothing here
+    assert np.array_equal(segment(faint, c, 4.0, 2.7)[0], segment(solid, c, 4.0, 2.7)[0])
+    assert segment(faint, c, 4.0, 2.7)[0].sum() >= 7
+
+
+def test_nodule_classifier_fits_ranks_and_round_trips(tmp_path):
+    """`train-detector` on a few synthetic scans: the JSON it writes loads back, ranks true candidates above false
+    ones on its fitting scans, and a file of another feature set is refused with a clear message."""
+    import json
+
+    from mmapps.errors import UserError
+    from mmapps.metrics import binary_metrics
+
+    from medical.nodules import CLASSIFIER_FEATURES, NoduleClassifier, score_candidates
+    from medical.train import _labelled_candidates, train_nodule_classifier
+
+    out = tmp_path / "clf.json"
+    res = train_nodule_classifier(out, scans=8, seed=97531)
+    clf = NoduleClassifier.load(out)
+    assert 0 < clf.threshold < 1 and res["threshold"] == clf.threshold
+    assert clf.meta["held_out"]["scans"] == 2 and "--scans 8 --seed 97531" in clf.meta["command"]
+    rows = [c for i in range(6) for c in _labelled_candidates((97531, i, (64, 128, 128)))["candidates"]]
+    y = np.array([c["label"] for c in rows])
+    assert 0 < y.sum() < len(y)
+    p = np.array([c["detection_score"] for c in score_candidates(rows, clf)])
+    assert binary_metrics(y, p)["auroc"] > 0.8
+    d = json.loads(out.read_text())
+    d["features"] = list(CLASSIFIER_FEATURES[:-1])
+    out.write_text(json.dumps(d))
+    with pytest.raises(UserError, match="train-detector"):
+        NoduleClassifier.load(out)
+
+
+def test_bundled_classifier_prefers_round_blobs():
+    """The bundled classifier's direction on shape: the same candidate reads less like a nodule when elongated or
+    when its Hessian says tube rather than blob."""
+    from medical.nodules import default_classifier
+
+    clf = default_classifier()
+    ball = {"response": 400.0, "blobness": 0.8, "contrast_gain": 1.0, "fill_ratio": 0.6, "elongation": 1.2,
+            "diameter_mm": 10.0, "radius_mm": 4.0}
+    p_ball, p_long, p_tube = clf.probability([ball, {**ball, "elongation": 1.9}, {**ball, "blobness": 0.3}])
+    assert p_ball > clf.threshold and p_ball > p_long and p_ball > p_tube
