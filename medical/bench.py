@@ -107,7 +107,8 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
                froc["sensitivity_at_fp"]["2"], FROC_SENSITIVITY)
     report.add("every candidate (FROC's end): sensitivity >= 6 mm / false per scan",
                f"{froc['candidates_sensitivity']:.2f} / {froc['candidates_false_per_scan']:.2f}")
-    report.add(f"reported nodules (P(nodule) >= {default_classifier().threshold:.2f}): sensitivity >= 6 mm / false per scan",
+    threshold = default_classifier().threshold
+    report.add(f"reported nodules (P(nodule) >= {threshold:.2f}): sensitivity >= 6 mm / false per scan",
                f"{froc['sensitivity']:.2f} / {froc['false_per_scan']:.2f}")
     _real_rows(report, pipe)
     y, p = np.array(ev.pop("labels")), np.array(ev.pop("probabilities"), dtype=float)

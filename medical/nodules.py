@@ -18,7 +18,7 @@ import numpy as np
 RADII_MM = (2.5, 4.0, 6.0, 9.0, 13.0, 18.0)  # blob radii searched (LoG sigma = r / sqrt(3))
 DENSE_HU = -600.0  # nodule tissue (ground glass included: -750..-300; solid >= -300)
 SOLID_HU = -300.0
-OPEN_MIN_VOXELS = 1.01  # the opening's radius is at least one voxel: strands one voxel wide are cut at small scales too
+OPEN_MIN_VOXELS = 1.01  # the opening's radius is at least one voxel: one-voxel strands are cut at small scales too
 MIN_HALF_CONTRAST_HU = 80.0  # a faint candidate's threshold stays this far above its lung (noise ~20-40 HU)
 BONE_HU = 200.0  # mean density above this: rib, vertebra, calcification
 MIN_RESPONSE_HU = 120.0  # scale-normalised LoG contrast a blob needs (lung -850 vs ground glass -600: ~250)
@@ -29,6 +29,7 @@ FILL_MIN_DIAMETER_MM = 11.0  # ... their extent; judged only from this axial siz
 MAX_ELONGATION = 2.0  # longest / shortest principal axis of the mask, at any size: a nodule ~1-1.5, a vessel segment
 # 2-4. These two rules hold for real nodules whatever the scanner; the classifier below ranks what passes them (on
 # synthetic scans alone it learned that big and bright means nodule, and took the aorta of a real scan for one)
+OPENINGS = (0.5, 0.8)  # opening radii (x the LoG radius) tried in turn until the mask passes the shape rules
 MIN_LUNG_CONTACT = 0.25  # share of the ring around the candidate that is aerated lung
 MIN_DIAMETER_MM = 4.0  # smaller findings are not reported (Lung-RADS: < 4 mm needs no follow-up)
 PER_SCALE = 200  # strongest responses per scale examined in detail: 80 left faint ground-glass nodules behind
@@ -151,7 +152,8 @@ def dense_threshold(hu: np.ndarray, index, radius_mm: float, spacing: float) -> 
     return float(min(DENSE_HU, max(half, background + MIN_HALF_CONTRAST_HU)))
 
 
-def segment(hu: np.ndarray, index, radius_mm: float, spacing: float) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
+def segment(hu: np.ndarray, index, radius_mm: float, spacing: float,
+            opening: float = 0.5) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
     """Voxels above :func:`dense_threshold` connected to the centre inside a ball of 1.6 radii (+ 1 voxel): the
     nodule's mask in a local box: (body after an opening that cuts attached vessels, body plus the raw mask's rim
     within a quarter radius of it: what the diameter is measured on, the box)."""
@@ -174,7 +176,7 @@ def segment(hu: np.ndarray, index, radius_mm: float, spacing: float) -> tuple[np
         core = labels[tuple(d[:, c[0], c[1], c[2]])]
     mask = raw = labels == core
     # Opening with a ball of half the blob radius cuts attached vessels and strands off the nodule's body.
-    rho = max(0.5 * radius_mm, OPEN_MIN_VOXELS * spacing)
+    rho = max(opening * radius_mm, OPEN_MIN_VOXELS * spacing)
     if rho > spacing:
         body = ndimage.distance_transform_edt(mask, sampling=spacing) > rho
         body = ndimage.distance_transform_edt(~body, sampling=spacing) <= rho
@@ -307,11 +309,17 @@ def measure_candidates(scan) -> list[dict]:
     nodules = []
     for c in find_candidates(hu, lung, sp):
         idx, r, b = c["index"], c["radius_mm"], c["blobness"]
-        mask, outline, sl = segment(hu, idx, r, sp)
-        if mask.sum() == 0:
+        for opening in OPENINGS:
+            mask, outline, sl = segment(hu, idx, r, sp, opening)
+            if mask.sum() == 0:
+                break
+            fill, elong = fill_ratio(mask, sp), elongation(mask, sp)
+            diameter, k = longest_axial_diameter(outline, sp)
+            if elong <= MAX_ELONGATION and not (fill < MIN_FILL_RATIO and diameter >= FILL_MIN_DIAMETER_MM):
+                break
+        else:
             continue
-        fill, elong = fill_ratio(mask, sp), elongation(mask, sp)
-        if elong > MAX_ELONGATION:
+        if mask.sum() == 0:
             continue
         values = hu[sl][mask]
         mean_hu = float(values.mean())
@@ -320,8 +328,7 @@ def measure_candidates(scan) -> list[dict]:
         contact = lung_contact(hu, idx, r, sp)
         if contact < MIN_LUNG_CONTACT:
             continue
-        diameter, k = longest_axial_diameter(outline, sp)
-        if diameter < MIN_DIAMETER_MM or (fill < MIN_FILL_RATIO and diameter >= FILL_MIN_DIAMETER_MM):
+        if diameter < MIN_DIAMETER_MM:
             continue
         centroid = np.argwhere(mask).mean(axis=0) + [s.start for s in sl]
         r_eq = (3.0 * mask.sum() / (4.0 * math.pi)) ** (1 / 3) * sp
@@ -352,12 +359,11 @@ def score_candidates(measured: list[dict], classifier: "NoduleClassifier | None"
 
 
 # --- False-candidate reduction -------------------------------------------------------------------------------
-# The LoG finds every nodule worth reporting among ~25 candidates per scan; most of the rest are vessel
-# bifurcations, vessels running into a nodule's ring, and noise. Hard rules on single measurements (fill ratio,
-# elongation) rejected spiculated and juxtavascular nodules with them; a logistic regression over all the
-# measurements ranks them instead (LUNA16's second stage, kept linear and inspectable). Fitted on synthetic scans
-# by `mmapps medical train-detector`; bundled as data/medical/nodule_classifier.json.
-# Shape and blob strength only. Density, solid share, spiculation and lung contact describe what kind of nodule
+# Most candidates that pass the rules above are vessel bifurcations, vessels running into a nodule's ring, and
+# noise. A logistic regression over the candidate's measurements ranks them (LUNA16's second stage, kept linear
+# and inspectable) instead of a fixed LoG x blobness threshold, which let faint and spiculated nodules fall below
+# vessels. Fitted on synthetic scans by `mmapps medical train-detector`; bundled as
+# data/medical/nodule_classifier.json. Shape and blob strength only. Density, solid share, spiculation and lung contact describe what kind of nodule
 # a candidate is, and on synthetic scans they also separate nodules from the generator's noise (a fitted
 # regression gave lung contact a negative weight: rendered nodules touch vessels more than noise does), which
 # on a real scan made hilar vessels look like nodules.

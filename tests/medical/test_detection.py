@@ -231,3 +231,31 @@ def test_bundled_classifier_prefers_round_blobs():
             "diameter_mm": 10.0, "radius_mm": 4.0}
     p_ball, p_long, p_tube = clf.probability([ball, {**ball, "elongation": 1.9}, {**ball, "blobness": 0.3}])
     assert p_ball > clf.threshold and p_ball > p_long and p_ball > p_tube
+
+
+def test_a_wider_opening_frees_a_nodule_sitting_on_a_vessel_but_not_a_vessel():
+    """A 13 mm nodule threaded on a 6 mm vessel: opened with half its LoG radius the vessel stays attached
+    (sparse 24 mm mask, rejected by the fill-ratio rule); the detector's second opening (OPENINGS) frees the round
+    body. A vessel alone stays elongated under both openings, so the rules still reject it."""
+    from medical.nodules import (FILL_MIN_DIAMETER_MM, MAX_ELONGATION, MIN_FILL_RATIO, OPENINGS, elongation,
+                                 fill_ratio, longest_axial_diameter, segment)
+
+    z, y, x = np.mgrid[-12:13, -12:13, -16:17]
+    sp = 2.7
+    vessel = np.full(z.shape, -850.0)
+    vessel[np.sqrt(z ** 2 + y ** 2) * sp <= 3.0] = 35.0
+    nodule = vessel.copy()
+    nodule[np.sqrt(z ** 2 + y ** 2 + x ** 2) * sp <= 6.5] = 30.0
+
+    def passes(hu, opening):
+        mask, outline, _ = segment(hu, (12, 12, 16), 6.0, sp, opening)
+        diameter = longest_axial_diameter(outline, sp)[0]
+        ok = elongation(mask, sp) <= MAX_ELONGATION and not (
+            fill_ratio(mask, sp) < MIN_FILL_RATIO and diameter >= FILL_MIN_DIAMETER_MM)
+        return ok, diameter
+
+    assert OPENINGS[0] == 0.5 and len(OPENINGS) > 1
+    assert not passes(nodule, OPENINGS[0])[0]
+    ok, diameter = passes(nodule, OPENINGS[-1])
+    assert ok and 8.0 <= diameter <= 16.0
+    assert not any(passes(vessel, o)[0] for o in OPENINGS)
