@@ -27,8 +27,8 @@ MIN_FILL_RATIO = 0.3  # branching or elongated masks (vessel bifurcations, segme
 FILL_MIN_DIAMETER_MM = 11.0  # ... their extent; judged only from this axial size up: on a 2.7 mm grid a round 8-10 mm
 # nodule's pixelated mask fills only 0.25-0.3 of it too
 MAX_ELONGATION = 2.0  # longest / shortest principal axis of the mask, at any size: a nodule ~1-1.5, a vessel segment
-# 2-4. These two rules hold for real nodules whatever the scanner; the classifier below ranks what passes them (on
-# synthetic scans alone it learned that big and bright means nodule, and took the aorta of a real scan for one)
+# 2-4. These two rules hold for real nodules whatever the scanner; the classifier below ranks what passes them
+# (without them the classifier, fitted on synthetic scans only, took the aorta of the real LIDC slab for a nodule)
 OPENINGS = (0.5, 0.8)  # opening radii (x the LoG radius) tried in turn until the mask passes the shape rules
 MIN_LUNG_CONTACT = 0.25  # share of the ring around the candidate that is aerated lung
 MIN_DIAMETER_MM = 4.0  # smaller findings are not reported (Lung-RADS: < 4 mm needs no follow-up)
@@ -155,8 +155,9 @@ def dense_threshold(hu: np.ndarray, index, radius_mm: float, spacing: float) -> 
 def segment(hu: np.ndarray, index, radius_mm: float, spacing: float,
             opening: float = 0.5) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
     """Voxels above :func:`dense_threshold` connected to the centre inside a ball of 1.6 radii (+ 1 voxel): the
-    nodule's mask in a local box: (body after an opening that cuts attached vessels, body plus the raw mask's rim
-    within a quarter radius of it: what the diameter is measured on, the box)."""
+    nodule's mask in a local box: (body after an opening with a ball of ``opening`` radii (at least one voxel) that
+    cuts attached vessels, body plus the raw mask's rim within half the opening radius of it: what the diameter is
+    measured on, the box)."""
     from scipy import ndimage
 
     rad = 1.6 * radius_mm / spacing + 1
