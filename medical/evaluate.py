@@ -106,15 +106,22 @@ def detection_froc(n_scans: int = 40, seed: int = 424242, shape=(64, 128, 128), 
             "mean_relative_diameter_error": float(np.mean(size_err)) if size_err else None}
 
 
+def nearest_nodule(center_mm, truth: list) -> int | None:
+    """Index of the true nodule [(centre LPS, diameter)] whose reach (max(radius, 5 mm)) holds ``center_mm``,
+    the nearest one when several do; None when none does."""
+    d = [np.linalg.norm(np.asarray(center_mm) - c) - max(size / 2, 5.0) for c, size in truth]
+    k = int(np.argmin(d)) if d else -1
+    return k if k >= 0 and d[k] <= 0 else None
+
+
 def match_candidates(candidates: list[dict], truth: list, min_size_mm: float) -> tuple[list, list]:
     """Candidates, strongest first, against the true nodules [(centre LPS, diameter)] -> (hits [(score, nodule
     index, measured diameter)], the first per nodule >= min_size_mm; the false candidates' scores). A candidate
     within reach of a smaller nodule, or of a nodule already hit, counts as neither."""
     hits, false, seen = [], [], set()
     for n in sorted(candidates, key=lambda n: -n["detection_score"]):
-        d = [np.linalg.norm(np.asarray(n["center_mm"]) - c) - max(size / 2, 5.0) for c, size in truth]
-        k = int(np.argmin(d)) if d else -1
-        if k < 0 or d[k] > 0:
+        k = nearest_nodule(n["center_mm"], truth)
+        if k is None:
             false.append(n["detection_score"])
         elif truth[k][1] >= min_size_mm and k not in seen:
             seen.add(k)

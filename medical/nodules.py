@@ -143,12 +143,11 @@ def dense_threshold(hu: np.ndarray, index, radius_mm: float, spacing: float) -> 
     """The HU above which a voxel belongs to the candidate: DENSE_HU, or for a faint candidate half-way between
     the surrounding lung and its core (full width at half contrast). A ground-glass nodule of a few mm, blurred
     with lung by thick slices and resampling, keeps only a core of -650..-550 HU: above -600 it was 2-3 voxels."""
-    inner = np.clip(_shell_values(hu, index, radius_mm, spacing, 0.0, 0.5), -1000, 100)
-    ring = np.clip(_shell_values(hu, index, radius_mm, spacing, 1.3, 1.8), -1000, 100)
-    if inner.size == 0 or ring.size == 0:
+    levels = core_and_background(hu, index, radius_mm, spacing)
+    if levels is None:
         return DENSE_HU
-    background = float(np.median(ring))
-    half = 0.5 * (float(inner.mean()) + background)
+    core, background = levels
+    half = 0.5 * (core + background)
     return float(min(DENSE_HU, max(half, background + MIN_HALF_CONTRAST_HU)))
 
 
@@ -261,15 +260,24 @@ def spiculation_score(hu: np.ndarray, index, radius_mm: float, spacing: float) -
     return float((shell > DENSE_HU).mean()) if shell.size else 0.0
 
 
+def core_and_background(hu: np.ndarray, index, radius_mm: float, spacing: float) -> tuple[float, float] | None:
+    """(mean HU of the inner half-radius ball, median HU of the 1.3-1.8 radius ring), both clipped like the LoG
+    input; None when either is empty."""
+    inner = np.clip(_shell_values(hu, index, radius_mm, spacing, 0.0, 0.5), -1000, 100)
+    ring = np.clip(_shell_values(hu, index, radius_mm, spacing, 1.3, 1.8), -1000, 100)
+    if inner.size == 0 or ring.size == 0:
+        return None
+    return float(inner.mean()), float(np.median(ring))
+
+
 def contrast_gain(hu: np.ndarray, index, radius_mm: float, spacing: float) -> float:
     """SOLID_CONTRAST / the candidate's contrast, within [1, MAX_CONTRAST_GAIN]. Contrast = mean HU of the inner
     half-radius ball minus the median of a 1.3-1.8 radius ring, both clipped like the LoG input. Anything fainter
     than FAINT_CONTRAST gets the maximum gain: its LoG response and blobness must still carry the score."""
-    inner = np.clip(_shell_values(hu, index, radius_mm, spacing, 0.0, 0.5), -1000, 100)
-    ring = np.clip(_shell_values(hu, index, radius_mm, spacing, 1.3, 1.8), -1000, 100)
-    if inner.size == 0 or ring.size == 0:
+    levels = core_and_background(hu, index, radius_mm, spacing)
+    if levels is None:
         return 1.0
-    contrast = float(inner.mean() - np.median(ring))
+    contrast = levels[0] - levels[1]
     return float(np.clip(SOLID_CONTRAST / max(contrast, FAINT_CONTRAST), 1.0, MAX_CONTRAST_GAIN))
 
 

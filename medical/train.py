@@ -170,6 +170,7 @@ def calibrate(checkpoint, data, val_fraction: float = 0.2, seed: int = 0, worker
 def _labelled_candidates(args) -> dict:
     """One synthetic scan's measured candidates, each with ``label`` 1 (on a nodule >= MIN_DIAMETER_MM) or 0; a
     candidate on a smaller nodule is left out (neither), as the FROC does. Runs in a worker process."""
+    from .evaluate import nearest_nodule
     from .lungs import read_chest_ct
     from .nodules import MIN_DIAMETER_MM, measure_candidates
     from .synth import synthetic_chest_scan
@@ -179,12 +180,10 @@ def _labelled_candidates(args) -> dict:
     scan = read_chest_ct(vol)
     rows = []
     for n in measure_candidates(scan) if scan.assessable else []:
-        d = [np.linalg.norm(np.asarray(n["center_mm"]) - c) - max(size / 2, 5.0) for c, size in truth]
-        k = int(np.argmin(d)) if d else -1
-        on_nodule = k >= 0 and d[k] <= 0
-        if on_nodule and truth[k][1] < MIN_DIAMETER_MM:
+        k = nearest_nodule(n["center_mm"], truth)
+        if k is not None and truth[k][1] < MIN_DIAMETER_MM:
             continue
-        rows.append({**n, "label": int(on_nodule), "scan": index})
+        rows.append({**n, "label": int(k is not None), "scan": index})
     return {"truth": [(c.tolist(), float(s)) for c, s in truth], "candidates": rows}
 
 
