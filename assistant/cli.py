@@ -71,13 +71,28 @@ def train(data: List[Path] = typer.Argument(..., help="SNIPS folder(s), CLINC150
           epochs: Optional[int] = typer.Option(None, "--epochs"),
           seed: int = typer.Option(0, "--seed"),
           resume: bool = typer.Option(False, "--resume"),
+          refine_slots: Optional[Path] = typer.Option(
+              None, "--refine-slots", help="a trained checkpoint: fine-tune only its slot path (MiniLM's top "
+              "--tune-layers layers, a slot BiGRU, the slot head) on DATA, which must be its own training data; the "
+              "intent / out-of-scope path, threshold and ASR gate are kept unchanged"),
+          tune_layers: int = typer.Option(4, "--tune-layers", min=1, max=6,
+                                          help="MiniLM layers fine-tuned by --refine-slots"),
           json_out: bool = JSON_OPT):
     """Train the speech+text SLU model with the core Trainer (works under torchrun)."""
     def go():
+        from mmapps.errors import UserError
+
+        from .train import refine_slots as refine
         from .train import train as run
 
         check_output_file(out)
-
+        if refine_slots is not None:
+            if fusion or config or resume:
+                raise UserError("--refine-slots keeps the checkpoint's model: --fusion, --config and --resume "
+                                "do not apply")
+            return refine(refine_slots, list(data), out, oos_from=oos_from,
+                          cfg_overrides=list(set_) + ([f"train.epochs={epochs}"] if epochs else []),
+                          layers=tune_layers, seed=seed)
         return run(list(data), out, oos_from=oos_from, cfg_overrides=set_, config_file=config, fusion=fusion,
                    epochs=epochs, seed=seed, resume=resume)
 

@@ -125,6 +125,7 @@ class Pipeline(BasePipeline):
         self.threshold = _probability(self.meta.get("oos_threshold", 0.0), "oos_threshold", path)
         self.asr_min_confidence = _probability(self.meta.get("asr_min_confidence", ASR_MIN_CONFIDENCE),
                                                "asr_min_confidence", path)
+        self.meta = expand_meta(self.meta, path)
         _check_asr_meta(self.meta, path)
         self.asr_name = asr
         self._embedder = None
@@ -293,6 +294,21 @@ def _probability(value, name: str, path) -> float:
             or not 0.0 <= value <= 1.0:
         raise CheckpointError(f"{path}: meta {name} must be a number in [0, 1]; got {value!r}")
     return float(value)
+
+
+def expand_meta(meta: dict, path) -> dict:
+    """A checkpoint may store its ARPA LM gzip-compressed (``assistant.train.compact_meta``): expand it."""
+    import gzip
+    import zlib
+
+    packed = meta.get("lm_text_gz")
+    if packed is None:
+        return meta
+    try:
+        lm = gzip.decompress(packed).decode("utf-8")
+    except (TypeError, OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: meta lm_text_gz is not a gzip-compressed language model ({e})") from e
+    return {**{k: v for k, v in meta.items() if k != "lm_text_gz"}, "lm_text": lm}
 
 
 def _check_asr_meta(meta: dict, path) -> None:

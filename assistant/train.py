@@ -152,6 +152,22 @@ def oos_tuning_samples(oos_from, vocab_idx: dict, intents: list[str], tag_idx: d
                     intents, tag_idx)
 
 
+def _training_examples(data: list, oos_from, oos_limit: int, seed: int) -> tuple[list, list, list]:
+    """The training datasets (+ CLINC150 out-of-domain queries as oos) -> (groups, descriptions, all examples)."""
+    groups, used = [], []
+    for d in data:
+        ex, desc = load_dataset(d)
+        groups.append(ex)
+        used.append(desc)
+    if oos_from:
+        groups.append(load_oos(oos_from, limit=oos_limit, seed=seed))
+        used.append(f"out-of-scope: CLINC150 {oos_from} (oos_train + domains outside SNIPS, {oos_limit} max)")
+    examples = [e for g in groups for e in g]
+    if len(examples) < 4:
+        raise UserError(f"{data[0]}: too few utterances to train ({len(examples)})")
+    return groups, used, examples
+
+
 def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None, config_file=None,
           fusion: str | None = None, epochs: int | None = None, val_fraction: float = 0.1, seed: int = 0,
           resume: bool = False, quiet: bool = False, oos_limit: int = 4000) -> dict:
@@ -178,17 +194,7 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
         mcfg.fusion = fusion
     mcfg.validate()
 
-    groups, used = [], []
-    for d in data:
-        ex, desc = load_dataset(d)
-        groups.append(ex)
-        used.append(desc)
-    if oos_from:
-        groups.append(load_oos(oos_from, limit=oos_limit, seed=seed))
-        used.append(f"out-of-scope: CLINC150 {oos_from} (oos_train + domains outside SNIPS, {oos_limit} max)")
-    examples = [e for g in groups for e in g]
-    if len(examples) < 4:
-        raise UserError(f"{data[0]}: too few utterances to train ({len(examples)})")
+    groups, used, examples = _training_examples(data, oos_from, oos_limit, seed)
 
     # label maps, vocab, domain LM, ASR prompt: everything the checkpoint needs to run without the training data
     intents = sorted({e["intent"] for e in examples})
@@ -244,13 +250,104 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
             "intents": intents, "last": history[-1] if history else {}}
 
 
-def compact_state(state: dict) -> dict:
+# what refine_slots trains; every other weight (the intent / out-of-scope path) is kept bit for bit
+SLOT_PATH = ("encoders.tokens.top.", "encoders.tokens.slot_rnn.", "heads.tags.")
+
+
+def refine_slots(init, data: list, out, oos_from=None, cfg_overrides: list[str] | None = None, layers: int = 4,
+                 val_fraction: float = 0.1, seed: int = 0, quiet: bool = False, oos_limit: int = 4000) -> dict:
+    """Fine-tune the slot path of a trained checkpoint ``init``: copies of MiniLM's top ``layers`` layers feed a
+    slot BiGRU and the slot head (``model.finetune_slots_only``), while the intent / out-of-scope path is frozen and
+    stored unchanged, with its OOS threshold and ASR gate. The intent decision cannot move (a full retraining
+    moves typed intent accuracy by a few utterances and the demo's slots with it); the slots gain what tuned
+    contextual word vectors give. ``data`` / ``oos_from`` / ``seed`` must be the ones ``init`` was trained with:
+    the validation split (checkpoint choice) is re-derived from them. Starts exactly where ``init`` is: the tuned
+    layers start as MiniLM's own, the slot BiGRU as a copy of the intent path's, the slot head as ``init``'s."""
+    from dataclasses import replace
+
+    from mmapps.checkpoint import load_checkpoint, save_checkpoint
+    from mmapps.config import load_config
+    from mmapps.device import apply_thread_limit
+    from mmapps.splits import validation_split
+    from mmapps.trainer import TrainConfig, Trainer
+
+    from .pipeline import cache_dir, featurize
+
+    apply_thread_limit()
+    bundle = load_checkpoint(init)
+    meta, base_state = bundle["meta"], bundle["state_dict"]
+    base = ModelConfig(**bundle["config"]["model"])
+    if base.finetune_layers:
+        raise UserError(f"{init}: already has fine-tuned MiniLM layers; refine a model trained without them")
+    overrides = list(cfg_overrides or [])
+    if any(o.startswith("model.") for o in overrides):
+        raise UserError("--refine-slots keeps the model of the checkpoint: only train.* settings can be changed")
+    tcfg = load_config(TrainConfig, None, [o[len("train."):] if o.startswith("train.") else o for o in overrides]) \
+        if overrides else TrainConfig()
+    if not any(o.startswith(("monitor", "mode", "train.monitor", "train.mode")) for o in overrides):
+        tcfg.monitor, tcfg.mode = "score", "max"
+    # no modality dropout: the frozen path learns nothing from it, and a dropped text row carries no slot loss
+    mcfg = replace(base, finetune_layers=layers, finetune_slots_only=True, modality_dropout=0.0)
+    mcfg.validate()
+
+    _, used, examples = _training_examples(data, oos_from, oos_limit, seed)
+    intents, tags = list(meta["intents"]), list(meta["tags"])
+    vocab_idx = {w: i for i, w in enumerate(meta["vocab"])}
+    tag_idx = {t: i for i, t in enumerate(tags)}
+    unknown = sorted({e["intent"] for e in examples} - set(intents))
+    if unknown:
+        raise UserError(f"{init}: these training intents are not in the checkpoint: {', '.join(unknown[:5])}")
+    samples = _samples(examples, featurize([e["tokens"] for e in examples], vocab_idx, cache_dir=cache_dir(),
+                                           top_layers=layers), intents, tag_idx)
+    tr_idx, val_idx = validation_split(len(samples), val_fraction, seed=seed, labels=[e["intent"] for e in examples])
+    tr, val = [samples[i] for i in tr_idx], [samples[i] for i in val_idx]
+
+    torch.manual_seed(tcfg.seed)
+    model = build_model(mcfg)
+    missing, unexpected = model.load_state_dict(base_state, strict=False)
+    if unexpected or any(not k.startswith(SLOT_PATH[:2]) for k in missing):
+        raise UserError(f"{init}: its weights do not fit its own config ({len(unexpected)} unexpected, "
+                        f"{len(missing)} missing)")
+    tokens = model.encoders["tokens"]
+    load_minilm_layers(tokens.top, TextEmbedder().model.state_dict())
+    tokens.slot_rnn.load_state_dict(tokens.rnn.state_dict())
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(SLOT_PATH))
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(SLOT_PATH)}
+
+    run_meta = {**meta, "n_train": len(tr), "n_val": len(val),
+                "slots_refined": {"from": str(init), "layers": layers, "data": used}}
+    config = {"scenario": "assistant", "model": asdict(mcfg), "train": asdict(tcfg)}
+    trainer = Trainer(model, tcfg, out, meta=run_meta, model_config=config, collate_fn=collate,
+                      eval_fn=_eval_fn(intents, tags) if val else None, quiet=quiet)
+    history = trainer.fit(SLUDataset(tr, word_dropout=0.1), SLUDataset(val) if val else None)
+    if trainer.dist.is_main:
+        saved = load_checkpoint(out)
+        state = {**saved["state_dict"], **frozen}  # buffers too (e.g. norm statistics): the intent path as given
+        save_checkpoint(out, compact_state(state, keep=tuple(frozen)), saved["config"], compact_meta(saved["meta"]))
+    return {"model": str(out), "from": str(init), "data": used, "epochs": len(history), "n_train": len(tr),
+            "n_val": len(val), "intents": intents, "last": history[-1] if history else {}}
+
+
+def compact_meta(meta: dict) -> dict:
+    """The pocketsphinx ARPA LM (2.4 MB of text for SNIPS) stored gzip-compressed (0.6 MB); the pipeline expands
+    it on load (``assistant.pipeline.expand_meta``)."""
+    import gzip
+
+    lm = meta.get("lm_text")
+    if not isinstance(lm, str):
+        return meta
+    return {**{k: v for k, v in meta.items() if k != "lm_text"}, "lm_text_gz": gzip.compress(lm.encode(), 9, mtime=0)}
+
+
+def compact_state(state: dict, keep: tuple = ()) -> dict:
     """A model with fine-tuned MiniLM layers is stored in float16 (1.8 M weights per layer: 4 layers in float32
     are 28 MB, over the bundled-checkpoint budget); loading casts back to float32 (``load_state_dict`` copies).
-    Models without them stay float32 (small; older checkpoints unchanged)."""
+    Models without them stay float32 (small; older checkpoints unchanged). ``keep``: keys stored as they are
+    (``refine_slots`` keeps the frozen intent path exact)."""
     if not any(k.startswith("encoders.tokens.top.") for k in state):
         return state
-    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return {k: v.half() if v.is_floating_point() and k not in keep else v for k, v in state.items()}
 
 
 def asr_examples(pipe, examples: list[dict], progress: bool = True) -> list[dict]:

@@ -16,7 +16,11 @@ def test_bundled_model_is_self_contained_and_small():
     cfg, meta = b["config"], b["meta"]
     assert MODEL.stat().st_size < 20 * 2**20
     assert cfg["scenario"] == "assistant" and cfg["model"]["n_intents"] == len(meta["intents"]) == 8
-    assert {"vocab", "intents", "tags", "lm_text", "oos_threshold", "asr_prompt"} <= set(meta)
+    assert {"vocab", "intents", "tags", "oos_threshold", "asr_prompt"} <= set(meta)
+    assert {"lm_text", "lm_text_gz"} & set(meta)  # the ARPA LM, plain or gzip-compressed
+    from assistant.pipeline import expand_meta
+
+    meta = expand_meta(meta, MODEL)
     assert "oos" in meta["intents"] and "\\data\\" in meta["lm_text"] and meta["asr_prompt"].strip()
     total = sum(p.stat().st_size for p in (data_dir() / "assistant").rglob("*") if p.is_file())
     assert total < 20 * 2**20

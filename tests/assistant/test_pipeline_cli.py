@@ -280,3 +280,57 @@ def test_asr_rows_can_train_the_intent_only(tiny_manifest, tmp_path, monkeypatch
     assert from_asr and typed and len({s["intent"] for s in from_asr}) == 1
     assert all(s["tags"] is None for s in from_asr) and all(s["tags"] is not None for s in typed)
     assert len(seen) == 2 and any(zz in s["ids"] for s in seen[1])  # the validation slot F1 met tagless rows
+
+
+def test_refine_slots_tunes_the_slot_path_and_keeps_the_intent_path_bit_for_bit(tiny_model, tiny_manifest, tmp_path):
+    """--refine-slots: MiniLM's top layer, the slot BiGRU and the slot head train; every other weight, the OOS
+    threshold and the intent answers stay exactly those of the checkpoint; the LM is stored compressed."""
+    from assistant import Pipeline
+    from assistant.train import SLOT_PATH, refine_slots
+    from mmapps.checkpoint import load_checkpoint
+    from mmapps.errors import UserError
+
+    out = tmp_path / "refined.pt"
+    refine_slots(tiny_model, [tiny_manifest], out, cfg_overrides=["epochs=2", "lr=0.005", "batch_size=16",
+                                                                   "amp=false"], layers=1, quiet=True)
+    base, new = load_checkpoint(tiny_model), load_checkpoint(out)
+    assert new["config"]["model"]["finetune_layers"] == 1 and new["config"]["model"]["finetune_slots_only"]
+    for k, v in base["state_dict"].items():
+        assert k.startswith(SLOT_PATH) or torch.equal(new["state_dict"][k], v), k
+    head = "heads.tags.0.weight"
+    assert not torch.allclose(new["state_dict"][head].float(), base["state_dict"][head], atol=1e-4)
+    assert "lm_text" not in new["meta"] and isinstance(new["meta"]["lm_text_gz"], bytes)
+    assert new["meta"]["oos_threshold"] == base["meta"]["oos_threshold"]
+    a, b = Pipeline.from_checkpoint(tiny_model), Pipeline.from_checkpoint(out)
+    assert b.meta["lm_text"] == a.meta["lm_text"]
+    texts = [t.split() for t in ("what is the weather in madrid", "play blues by adele", "book a table for two")]
+    for x, y in zip(a.predict(texts), b.predict(texts)):
+        assert (x["intent"], x["confidence"], x["modality_weights"]) == (y["intent"], y["confidence"],
+                                                                         y["modality_weights"])
+    with pytest.raises(UserError, match="already has fine-tuned"):
+        refine_slots(out, [tiny_manifest], tmp_path / "again.pt", layers=1, quiet=True)
+    with pytest.raises(UserError, match="only train"):
+        refine_slots(tiny_model, [tiny_manifest], tmp_path / "again.pt", cfg_overrides=["model.dim=8"], quiet=True)
+
+
+@pytest.mark.parametrize("case", ["missing", "resume"])
+def test_refine_slots_bad_input_is_one_error_line(case, tiny_model, tiny_manifest, tmp_path):
+    out = tmp_path / "m.pt"
+    src = tmp_path / "nope.pt" if case == "missing" else tiny_model
+    extra = ["--resume"] if case == "resume" else []
+    r = _run("assistant", "train", tiny_manifest, "--out", out, "--refine-slots", src, *extra)
+    err = _stderr(r)
+    assert r.exit_code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert ("nope.pt" in err) if case == "missing" else ("--resume" in err)
+    assert not out.exists()
+
+
+def test_a_corrupt_compressed_lm_is_a_checkpoint_error():
+    import gzip
+
+    from assistant.pipeline import expand_meta
+    from mmapps.checkpoint import CheckpointError
+
+    assert expand_meta({"lm_text_gz": gzip.compress(b"\\data\\\nngram 1=1\n")}, "m.pt")["lm_text"].startswith("\\data")
+    with pytest.raises(CheckpointError, match="lm_text_gz"):
+        expand_meta({"lm_text_gz": b"not gzip"}, "m.pt")
