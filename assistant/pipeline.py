@@ -304,6 +304,8 @@ def expand_meta(meta: dict, path) -> dict:
     packed = meta.get("lm_text_gz")
     if packed is None:
         return meta
+    if "lm_text" in meta:  # which of the two would pocketsphinx use? refuse rather than guess
+        raise CheckpointError(f"{path}: meta holds both lm_text and lm_text_gz; a checkpoint stores one LM")
     try:
         lm = gzip.decompress(packed).decode("utf-8")
     except (TypeError, OSError, EOFError, zlib.error, UnicodeDecodeError) as e:

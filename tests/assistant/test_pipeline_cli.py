@@ -334,3 +334,5 @@ def test_a_corrupt_compressed_lm_is_a_checkpoint_error():
     assert expand_meta({"lm_text_gz": gzip.compress(b"\\data\\\nngram 1=1\n")}, "m.pt")["lm_text"].startswith("\\data")
     with pytest.raises(CheckpointError, match="lm_text_gz"):
         expand_meta({"lm_text_gz": b"not gzip"}, "m.pt")
+    with pytest.raises(CheckpointError, match="both"):
+        expand_meta({"lm_text_gz": gzip.compress(b"x"), "lm_text": "\\data\\"}, "m.pt")

@@ -66,7 +66,11 @@ def make_files(d: Path) -> None:
         "ck_vocab_int": lambda b: b["meta"].__setitem__("vocab", 5),
         "ck_threshold": lambda b: b["meta"].__setitem__("oos_threshold", "high"),
         "ck_threshold_nan": lambda b: b["meta"].__setitem__("oos_threshold", math.nan),
-        "ck_lm_garbage": lambda b: b["meta"].__setitem__("lm_text", "\\data\\\nngram 1=zz\n\x00\x01garbage"),
+        # the LM replaced by garbage in whichever form the checkpoint stores it (plain or gzip-compressed)
+        "ck_lm_garbage": lambda b: (b["meta"].pop("lm_text_gz", None),
+                                    b["meta"].__setitem__("lm_text", "\\data\\\nngram 1=zz\n\x00\x01garbage")),
+        "ck_lm_gz_garbage": lambda b: b["meta"].__setitem__("lm_text_gz", b"\x1f\x8b not really gzip"),
+        "ck_lm_both": lambda b: b["meta"].update(lm_text="\\data\\\nngram 1=1\n", lm_text_gz=b"\x1f\x8b"),
         "ck_intents_short": lambda b: b["meta"].__setitem__("intents", ["x"]),
         "ck_nan": lambda b: next(v for v in b["state_dict"].values() if v.is_floating_point()).fill_(math.nan),
     }
@@ -138,7 +142,8 @@ def cases(d: Path) -> list[Case]:
         Case("model_dev_zero", u + ["--text", "play jazz", "--model", f"{d}/zero.wav"], category="special file"),
     ]
     ck = ["ck_model_str", "ck_neg_dim", "ck_vocab_huge", "ck_width_huge", "ck_fusion", "ck_dim_str", "ck_no_vocab",
-          "ck_vocab_int", "ck_threshold", "ck_threshold_nan", "ck_lm_garbage", "ck_intents_short", "ck_nan"]
+          "ck_vocab_int", "ck_threshold", "ck_threshold_nan", "ck_lm_garbage", "ck_lm_gz_garbage", "ck_lm_both", "ck_intents_short",
+          "ck_nan"]
     c += [Case(n, u + ["--audio", str(ROOT / "data/assistant/samples/sample1.wav"), "--text", "play jazz",
                        "--model", f"{d}/{n}.pt"], category="checkpoint") for n in ck]
     c += [Case("ck_lm_garbage_pocketsphinx", u + ["--audio", str(ROOT / "data/assistant/samples/sample1.wav"),
