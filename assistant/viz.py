@@ -20,9 +20,15 @@ def plot_understanding(x: np.ndarray, result: dict, out, reference: str | None =
     dur = len(x) / 16000
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(10, 5.5), gridspec_kw={"height_ratios": [2.2, 1]})
     ax.imshow(mel, origin="lower", aspect="auto", extent=[0, mel.shape[1] / 100, 0, mel.shape[0]], cmap="magma")
+    # a label that would overlap the one before it on its row goes one row down (short words such as "s")
+    char_s = 7.0 / 800 * max(dur, 0.1)  # ~7 px per 9 pt character on the ~800 px wide axes, in seconds
+    row_end: list[float] = []
     for w in result.get("words", []):
         ax.axvline(w["start"], color="w", lw=0.6, alpha=0.6)
-        ax.text((w["start"] + w["end"]) / 2, mel.shape[0] * 0.92, w["word"], color="w", ha="center", fontsize=9,
+        mid, half = (w["start"] + w["end"]) / 2, (len(w["word"]) + 1) * char_s / 2
+        row = next((i for i, end in enumerate(row_end) if mid - half >= end), len(row_end))
+        row_end[row:row + 1] = [mid + half]
+        ax.text(mid, mel.shape[0] * (0.92 - 0.09 * row), w["word"], color="w", ha="center", fontsize=9,
                 rotation=0, bbox={"facecolor": "black", "alpha": 0.4, "pad": 1, "lw": 0})
     ax.set_xlim(0, max(dur, 0.1))
     ax.set_xlabel("time (s)")
