@@ -10,7 +10,7 @@ import numpy as np
 
 
 # The clipping runs on plain Python floats: polygons of 3-8 vertices are far too small for numpy, whose per-call
-# overhead made rotated NMS and the KITTI evaluator's overlaps ~10x slower (the public helpers take and return arrays).
+# overhead made rotated NMS and the KITTI evaluator's overlaps ~7x slower (the public helpers take and return arrays).
 def _area(p: list) -> float:
     """Signed area (shoelace): positive for a counter-clockwise polygon."""
     if len(p) < 3:
