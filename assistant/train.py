@@ -168,6 +168,19 @@ def _training_examples(data: list, oos_from, oos_limit: int, seed: int) -> tuple
     return groups, used, examples
 
 
+def _train_config(overrides: list[str], config_file=None):
+    """The TrainConfig from a config file and ``[train.]key=value`` overrides; unless either sets ``monitor`` /
+    ``mode``, checkpoints are chosen on the validation score (mean of intent accuracy and slot F1), maximised."""
+    from mmapps.config import load_config
+    from mmapps.trainer import TrainConfig
+
+    over = [o[len("train."):] if o.startswith("train.") else o for o in overrides]
+    tcfg = load_config(TrainConfig, config_file, over) if config_file or over else TrainConfig()
+    if not (config_file or any(o.startswith(("monitor", "mode")) for o in over)):
+        tcfg.monitor, tcfg.mode = "score", "max"
+    return tcfg
+
+
 def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None, config_file=None,
           fusion: str | None = None, epochs: int | None = None, val_fraction: float = 0.1, seed: int = 0,
           resume: bool = False, quiet: bool = False, oos_limit: int = 4000) -> dict:
@@ -175,7 +188,7 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
     from mmapps.config import load_config
     from mmapps.device import apply_thread_limit
     from mmapps.splits import validation_split
-    from mmapps.trainer import TrainConfig, Trainer
+    from mmapps.trainer import Trainer
 
     from .asr import build_asr_prompt, build_lm_text
     from .pipeline import cache_dir, featurize
@@ -183,10 +196,7 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
     apply_thread_limit()
     overrides = list(cfg_overrides or [])
     mcfg_over = [o[len("model."):] for o in overrides if o.startswith("model.")]
-    tcfg_over = [o[len("train."):] if o.startswith("train.") else o for o in overrides if not o.startswith("model.")]
-    tcfg = load_config(TrainConfig, config_file, tcfg_over) if config_file or tcfg_over else TrainConfig()
-    if not (config_file or any(o.startswith(("monitor", "mode")) for o in tcfg_over)):
-        tcfg.monitor, tcfg.mode = "score", "max"
+    tcfg = _train_config([o for o in overrides if not o.startswith("model.")], config_file)
     if epochs is not None:
         tcfg.epochs = epochs
     mcfg = load_config(ModelConfig, None, mcfg_over) if mcfg_over else ModelConfig()
@@ -266,10 +276,9 @@ def refine_slots(init, data: list, out, oos_from=None, cfg_overrides: list[str] 
     from dataclasses import replace
 
     from mmapps.checkpoint import load_checkpoint, save_checkpoint
-    from mmapps.config import load_config
     from mmapps.device import apply_thread_limit
     from mmapps.splits import validation_split
-    from mmapps.trainer import TrainConfig, Trainer
+    from mmapps.trainer import Trainer
 
     from .pipeline import cache_dir, featurize
 
@@ -282,10 +291,7 @@ def refine_slots(init, data: list, out, oos_from=None, cfg_overrides: list[str] 
     overrides = list(cfg_overrides or [])
     if any(o.startswith("model.") for o in overrides):
         raise UserError("--refine-slots keeps the model of the checkpoint: only train.* settings can be changed")
-    tcfg = load_config(TrainConfig, None, [o[len("train."):] if o.startswith("train.") else o for o in overrides]) \
-        if overrides else TrainConfig()
-    if not any(o.startswith(("monitor", "mode", "train.monitor", "train.mode")) for o in overrides):
-        tcfg.monitor, tcfg.mode = "score", "max"
+    tcfg = _train_config(overrides)
     # no modality dropout: the frozen path learns nothing from it, and a dropped text row carries no slot loss
     mcfg = replace(base, finetune_layers=layers, finetune_slots_only=True, modality_dropout=0.0)
     mcfg.validate()
