@@ -259,3 +259,17 @@ def test_a_wider_opening_frees_a_nodule_sitting_on_a_vessel_but_not_a_vessel():
     ok, diameter = passes(nodule, OPENINGS[-1])
     assert ok and 8.0 <= diameter <= 16.0
     assert not any(passes(vessel, o)[0] for o in OPENINGS)
+
+
+def test_scale_space_threads_give_the_serial_candidates(monkeypatch):
+    """The LoG scales run in parallel threads for speed: the candidates must be exactly those of one thread."""
+    from medical import nodules
+    from medical.synth import synthetic_chest_scan
+
+    scan = read_chest_ct(synthetic_chest_scan(777, 3)[0])
+    monkeypatch.setattr(nodules, "SCALE_THREADS", 1)
+    serial = nodules.find_candidates(scan.hu, scan.lung, scan.spacing_mm)
+    monkeypatch.setattr(nodules, "SCALE_THREADS", 3)
+    threaded = nodules.find_candidates(scan.hu, scan.lung, scan.spacing_mm)
+    assert len(serial) > 5
+    assert serial == threaded
