@@ -50,7 +50,8 @@ SPICULATED = 0.15  # spiculation score above which a nodule is called spiculated
 def _scale_responses(hu: np.ndarray, spacing: float) -> list[tuple[float, np.ndarray, int, np.ndarray]]:
     """(radius_mm, response map, grid factor, local-maximum peaks) per scale; large scales on a 2x coarser copy
     for speed. The scales are filtered in parallel threads (scipy.ndimage releases the GIL: 2 threads take the
-    512x512x200 study's scale space from ~1.6 to ~0.9 s on 2 cores); results are identical to a serial pass."""
+    512x512x200 study's scale space from ~1.6 to ~0.9 s on 2 cores); results are identical to a serial pass. Inside
+    a ``--workers`` process pool the cores are taken: one thread."""
     from concurrent.futures import ThreadPoolExecutor
 
     from scipy import ndimage
@@ -68,7 +69,9 @@ def _scale_responses(hu: np.ndarray, spacing: float) -> list[tuple[float, np.nda
         peaks = (resp == ndimage.maximum_filter(resp, size=3)) & (resp >= MIN_RESPONSE_HU)
         return r, resp, factor, peaks
 
-    threads = max(1, min(len(scales), SCALE_THREADS))
+    from mmapps.parallel import in_pool_worker
+
+    threads = 1 if in_pool_worker() else max(1, min(len(scales), SCALE_THREADS))
     if threads == 1:
         return [one(k) for k in range(len(scales))]
     with ThreadPoolExecutor(threads) as pool:

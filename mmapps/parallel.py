@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Callable, Iterable, Sequence, TypeVar
 
@@ -46,9 +47,22 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, des
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_mark_pool_worker) as pool:
         results = pool.map(functools.partial(_call_by_value, fn), items, chunksize=chunksize)
         return [_unpack(r) for r in track(results, description, total=len(items))]
+
+
+_POOL_WORKER = "MMAPPS_POOL_WORKER"
+
+
+def _mark_pool_worker() -> None:
+    os.environ[_POOL_WORKER] = "1"
+
+
+def in_pool_worker() -> bool:
+    """True inside a :func:`parallel_map` worker: the cores are already shared out, one process each, so code
+    that would spread its own work over threads should stay on one."""
+    return os.environ.get(_POOL_WORKER) == "1"
 
 
 class _ByValue:

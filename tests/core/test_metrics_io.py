@@ -53,6 +53,18 @@ def test_shards_and_workers():
     assert parallel_map(_square, items, workers=2) == [x * x for x in items]
 
 
+def _worker_flag(_):
+    from mmapps.parallel import in_pool_worker
+
+    return in_pool_worker()
+
+
+def test_pool_workers_know_they_are_workers():
+    """Code that spreads work over threads (the nodule finder's scales) stays on one thread inside a pool."""
+    assert parallel_map(_worker_flag, [0, 1, 2], workers=2) == [True, True, True]
+    assert parallel_map(_worker_flag, [0, 1], workers=1) == [False, False]
+
+
 def test_atomic_outputs_get_normal_permissions(tmp_path):
     import os
     import stat
