@@ -212,7 +212,7 @@ def predict(study: Optional[Path] = typer.Argument(None, help="CT: DICOM series 
                      "Lung-RADS": (res.get("lung_rads") or {}).get("category")}
             for i, n in enumerate(res["nodules"]):
                 table[f"nodule {i + 1}"] = (f"{n['diameter_mm']} mm {n['type']} at LPS {n['center_mm']} mm, "
-                                            f"p={n['probability']}")
+                                            f"p={n['probability']}, P(nodule) {n.get('detection_score')}")
             table.update({f"contribution {k}": v for k, v in res["contributions"].get("masked_delta", {}).items()})
             table["report"] = res["report"]
             res = table

@@ -184,8 +184,11 @@ class Pipeline(CorePipeline):
             stats = analysis["scan"].stats
             result["ct_measurements"] = {k: stats.get(k) for k in ("lung_volume_ml", "lung_coverage_mm",
                                                                    "emphysema_fraction", "partial_coverage")}
+        # detection_score: the false-candidate classifier's P(nodule) (reported from its threshold, 0.07), so a reader
+        # sees how sure the detector was; fitted on synthetic scans, it is a ranking, not a calibrated probability
         result["nodules"] = [{k: n[k] for k in ("center_mm", "center_voxel", "diameter_mm", "type", "spiculation",
-                                                "upper_lobe", "probability", "solid_fraction", "spiculation_score")
+                                                "upper_lobe", "probability", "detection_score", "solid_fraction",
+                                                "spiculation_score")
                               if k in n} for n in nodules]
         for n in result["nodules"]:
             n.setdefault("probability", None)

@@ -60,6 +60,8 @@ def write_report(out_dir: Path, inputs: dict, cam: np.ndarray | None, result: di
             for i, n in enumerate(nodules[:MAX_NODULE_PANELS]):
                 ax = fig.add_subplot(1, n_panels, i + 1)
                 prob = f", p={n['probability']:.2f}" if n.get("probability") is not None else ""
+                if n.get("detection_score") is not None:
+                    prob += f" (P(nodule) {n['detection_score']:.2f})"
                 x, y, z = n["center_mm"]
                 _axial_panel(ax, scan, n["center_voxel"][0], [n],
                              f"nodule {i + 1}: {n['diameter_mm']:.0f} mm {n['type']}{prob}\n"

@@ -9,6 +9,7 @@ from mmapps.errors import UserError
 
 def test_pipeline_predict_keys(tiny_model, tiny_cohort, tmp_path):
     from medical import Pipeline
+    from medical.nodules import default_classifier
 
     import csv
 
@@ -24,6 +25,7 @@ def test_pipeline_predict_keys(tiny_model, tiny_cohort, tmp_path):
     assert res["risk_category"] in ("low", "intermediate")
     for n in res["nodules"]:
         assert len(n["center_mm"]) == 3 and n["diameter_mm"] >= 4 and n["type"] in ("solid", "part-solid", "ground-glass")
+        assert default_classifier().threshold <= n["detection_score"] <= 1  # reported: at or above the classifier's threshold
     assert res["modalities"] == {"ct": True, "mri": False, "record": True}
     assert set(res["contributions"]["masked_delta"]) == {"ct", "record"}
     assert any("mri missing" in w for w in res["warnings"])
