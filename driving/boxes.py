@@ -91,17 +91,22 @@ def rotated_nms(dets: list[dict], iou_thresh: float = 0.1, cross_class_overlap: 
     inside a car box: 0.5 m2 of 8 m2), because two real objects cannot stand in the same place, so a parked car
     does not also get a Pedestrian box."""
     dets = sorted(dets, key=lambda d: -d["score"])
-    kept: list[dict] = []
-    for d in dets:
+    if not dets:
+        return []
+    boxes = np.array([d["box3d"][:7] for d in dets], dtype=float).reshape(-1, 7)
+    # footprints whose circumscribed circles do not meet cannot overlap: one array test for all pairs (a per-pair
+    # test in the loop cost ~4 ms of a 0.1 s frame with the refiner's 120 proposals); only the rest are clipped
+    radius = np.hypot(boxes[:, 3], boxes[:, 4]) / 2
+    gap = np.hypot(boxes[:, None, 0] - boxes[None, :, 0], boxes[:, None, 1] - boxes[None, :, 1])
+    near = gap <= radius[:, None] + radius[None, :]
+    kept: list[int] = []
+    for i, d in enumerate(dets):
         b = d["box3d"]
         area = b[3] * b[4]
         ok = True
-        radius = math.hypot(b[3], b[4]) / 2
-        for k in kept:
+        for t in np.flatnonzero(near[i, kept]) if kept else ():
+            k = dets[kept[t]]
             kb = k["box3d"]
-            # footprints whose circumscribed circles do not meet cannot overlap: skip the polygon clipping
-            if math.hypot(kb[0] - b[0], kb[1] - b[1]) > radius + math.hypot(kb[3], kb[4]) / 2:
-                continue
             inter = rotated_intersection((b[0], b[1], b[3], b[4], b[6]), (kb[0], kb[1], kb[3], kb[4], kb[6]))
             k_area = kb[3] * kb[4]
             if k["class"] == d["class"]:
@@ -112,5 +117,5 @@ def rotated_nms(dets: list[dict], iou_thresh: float = 0.1, cross_class_overlap: 
                 ok = False
                 break
         if ok:
-            kept.append(d)
-    return kept
+            kept.append(i)
+    return [dets[i] for i in kept]

@@ -143,6 +143,37 @@ def test_nms_across_classes():
     assert sorted(k["class"] for k in kept) == ["Car", "Pedestrian"]
 
 
+def test_nms_circle_precheck_drops_no_overlapping_pair():
+    """The vectorised circumscribed-circle test only skips pairs that cannot overlap: the result equals a greedy NMS
+    that clips every pair."""
+    import math
+
+    from driving.geometry import rotated_intersection
+
+    def every_pair(dets, cross):
+        kept = []
+        for d in sorted(dets, key=lambda d: -d["score"]):
+            b = d["box3d"]
+            for k in kept:
+                kb = k["box3d"]
+                inter = rotated_intersection((b[0], b[1], b[3], b[4], b[6]), (kb[0], kb[1], kb[3], kb[4], kb[6]))
+                a, ka = b[3] * b[4], kb[3] * kb[4]
+                if (inter / (a + ka - inter) > 0.1) if k["class"] == d["class"] else (inter / min(a, ka) > cross):
+                    break
+            else:
+                kept.append(d)
+        return kept
+
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        dets = [{"class": str(rng.choice(["Car", "Pedestrian", "Cyclist"])), "score": float(rng.random()),
+                 "box3d": np.array([rng.uniform(0, 30), rng.uniform(-10, 10), -1, rng.uniform(0.5, 5),
+                                    rng.uniform(0.5, 2), 1.5, rng.uniform(-3, 3)])} for _ in range(int(rng.integers(0, 60)))]
+        for cross in (0.5, math.inf):
+            assert [id(d) for d in rotated_nms(dets, cross_class_overlap=cross)] == \
+                [id(d) for d in every_pair(dets, cross)]
+
+
 def test_classical_finds_cars(frame):
     dets = classical_detect(frame.points)
     boxes, cls = gt_boxes(frame, DetectorConfig())
