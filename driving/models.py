@@ -193,8 +193,12 @@ class BEVFusionDetector(nn.Module):
         if self.training and cfg.modality_dropout > 0:
             present = modality_dropout(present, cfg.modality_dropout)
         fl = self.lidar(lid)
-        fc, cam_valid = self.camera(batch["camera"], batch["proj"])
         hx, hy = fl.shape[2], fl.shape[3]
+        if self.training or bool(present["camera"].any()):
+            fc, cam_valid = self.camera(batch["camera"], batch["proj"])
+        else:  # no sample sees the camera: the fusion would mask its features out anyway (lidar-only default: ~4 ms)
+            fc = torch.zeros_like(fl)
+            cam_valid = torch.zeros(B, hx, hy, dtype=torch.bool, device=fl.device)
         cells = hx * hy
         flat = {"lidar": fl.permute(0, 2, 3, 1).reshape(B * cells, -1),
                 "camera": fc.permute(0, 2, 3, 1).reshape(B * cells, -1)}

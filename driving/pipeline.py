@@ -103,7 +103,7 @@ class Pipeline(BasePipeline):
         if self.method == "classical":
             return {"frame": frame}
         modalities = self.modalities if modalities is None else modalities
-        s = make_sample(frame, self.config)
+        s = make_sample(frame, self.config, camera="camera" in modalities)
         dev = self.device
         batch = {"lidar": s["lidar"][None].to(dev), "camera": s["camera"][None].to(dev), "proj": s["proj"][None].to(dev),
                  "present": {m: torch.tensor([m in modalities], device=dev) for m in MODALITIES}}

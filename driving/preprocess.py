@@ -137,8 +137,9 @@ def transform_boxes(boxes: np.ndarray, T: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_sample(frame: Frame, cfg: DetectorConfig, targets: bool = False, transform: np.ndarray | None = None) -> dict:
-    """Frame -> the model's sample dict.
+def make_sample(frame: Frame, cfg: DetectorConfig, targets: bool = False, transform: np.ndarray | None = None,
+                camera: bool = True) -> dict:
+    """Frame -> the model's sample dict (``camera=False``: a blank image, for a model that will not look at it).
 
     ``transform`` (4x4, from ``augmentation``) moves the lidar points and boxes; the camera image stays as it is and
     the projection becomes ``proj @ inverse(transform)``, so every moved point still looks up the pixel it came from.
@@ -150,7 +151,8 @@ def make_sample(frame: Frame, cfg: DetectorConfig, targets: bool = False, transf
         points[:, :3] = points[:, :3] @ transform[:3, :3].T.astype(np.float32) + transform[:3, 3].astype(np.float32)
         proj = proj @ torch.tensor(np.linalg.inv(transform), dtype=torch.float32)
     lidar, ground = lidar_bev(points, cfg)
-    sample = {"lidar": lidar, "camera": camera_input(frame.image, cfg), "proj": proj, "meta": {"frame": frame.id}}
+    image = camera_input(frame.image, cfg) if camera else torch.zeros(3, *cfg.image_size)
+    sample = {"lidar": lidar, "camera": image, "proj": proj, "meta": {"frame": frame.id}}
     if ground is not None:
         sample["ground"] = ground
     if targets:

@@ -41,6 +41,22 @@ def test_forward_backward_and_missing_modalities(frame):
     assert not torch.allclose(full, no_cam)
 
 
+def test_skipping_an_absent_camera_changes_nothing(frame):
+    """With no sample seeing the camera, eval skips the camera branch: a sample's outputs equal those it gets in a
+    batch where the branch runs for a neighbour and is masked out for it; and a blank image (camera=False) too."""
+    cfg = DetectorConfig()
+    torch.manual_seed(1)
+    model = BEVFusionDetector(cfg).eval()
+    lidar_only = collate_samples([make_sample(frame, cfg, camera=False)])
+    both = collate_samples([make_sample(frame, cfg), make_sample(frame, cfg)])
+    with torch.no_grad():
+        skipped = model({**lidar_only, "present": {"lidar": torch.tensor([True]), "camera": torch.tensor([False])}})
+        ran = model({**both, "present": {"lidar": torch.tensor([True, True]), "camera": torch.tensor([True, False])}})
+    for key in ("heatmap", "regression"):
+        assert torch.allclose(skipped[key][0], ran[key][1], atol=1e-5)
+        assert not torch.allclose(ran[key][0], ran[key][1], atol=1e-5)  # the camera does change a sample that sees it
+
+
 def test_no_absolute_position_input():
     """Without coordinate channels the network is translation-equivariant in BEV: the same object two cells
     further right gives the same heatmap peak two cells further right."""
