@@ -193,7 +193,6 @@ def _resample(hu: np.ndarray, vol, box, work_mm: float) -> tuple[np.ndarray, np.
     then linear interpolation with edge clamping (scipy). MONAI itself is not imported on this path because its
     package import loads every submodule, ~9 s per CLI call on a 2-core machine."""
     from nibabel import orientations
-    from scipy import ndimage
 
     from .io import default_affine
 
@@ -214,9 +213,32 @@ def _resample(hu: np.ndarray, vol, box, work_mm: float) -> tuple[np.ndarray, np.
     shape = np.round((np.array(oriented.shape) - 1) * step / work_mm + 1.0).astype(int)
     out = ras.copy()
     out[:3, :3] = ras[:3, :3] * (work_mm / step)
-    grid = ndimage.affine_transform(oriented, work_mm / step, output_shape=tuple(int(n) for n in shape), order=1,
-                                    mode="nearest")
+    grid = _parallel_zoom(oriented, work_mm / step, tuple(int(n) for n in shape))
     return grid.astype(np.float32), to_ras @ out
+
+
+def _parallel_zoom(array: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``ndimage.affine_transform(array, matrix (diagonal), order=1, mode="nearest")`` computed in slabs of output
+    slices on threads (each output voxel depends on its own position only, so the result is identical; ~0.3 -> 0.17 s
+    for a 512x512x200 chest on 2 cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scipy import ndimage
+
+    from mmapps.parallel import thread_count
+
+    threads = thread_count(max(1, shape[0] // 16))
+    cuts = np.linspace(0, shape[0], threads + 1).astype(int)
+
+    def slab(k: int) -> np.ndarray:
+        lo, hi = int(cuts[k]), int(cuts[k + 1])
+        return ndimage.affine_transform(array, matrix, offset=[matrix[0] * lo, 0.0, 0.0],
+                                        output_shape=(hi - lo,) + tuple(shape[1:]), order=1, mode="nearest")
+
+    if threads == 1:
+        return slab(0)
+    with ThreadPoolExecutor(threads) as pool:
+        return np.concatenate(list(pool.map(slab, range(threads))))
 
 
 def _fine_lung_mask(grid: np.ndarray, work: float) -> np.ndarray:

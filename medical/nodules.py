@@ -12,7 +12,6 @@ the same on 0.7 mm and 3 mm scans.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -37,7 +36,7 @@ PER_SCALE = 200  # strongest responses per scale examined in detail: 80 left fai
 # ~150 vessel and noise peaks at the 4 mm scale of a 2.7 mm grid
 MIN_SIGMA_VOXELS = 0.7  # finer scales than the grid resolves respond to noise, not blobs
 MAX_REPORTED = 10
-SCALE_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+SCALE_THREADS = 4  # at most this many scales filtered at once (see _scale_responses)
 # The LoG response grows with contrast, so a ground-glass nodule (-600..-400 HU in -850 lung) answers at a third
 # of a solid one's (~900 HU above the lung): the contrast gain (SOLID_CONTRAST / the candidate's own contrast, at
 # most SOLID_CONTRAST / FAINT_CONTRAST) tells the classifier how faint a candidate is, so its shape can carry it.
@@ -69,9 +68,9 @@ def _scale_responses(hu: np.ndarray, spacing: float) -> list[tuple[float, np.nda
         peaks = (resp == ndimage.maximum_filter(resp, size=3)) & (resp >= MIN_RESPONSE_HU)
         return r, resp, factor, peaks
 
-    from mmapps.parallel import in_pool_worker
+    from mmapps.parallel import thread_count
 
-    threads = 1 if in_pool_worker() else max(1, min(len(scales), SCALE_THREADS))
+    threads = thread_count(len(scales), SCALE_THREADS)
     if threads == 1:
         return [one(k) for k in range(len(scales))]
     with ThreadPoolExecutor(threads) as pool:

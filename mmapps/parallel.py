@@ -65,6 +65,15 @@ def in_pool_worker() -> bool:
     return os.environ.get(_POOL_WORKER) == "1"
 
 
+def thread_count(tasks: int, cap: int = 4) -> int:
+    """Threads for ``tasks`` independent pieces of GIL-releasing work (numpy / scipy.ndimage): one inside a pool
+    worker, else up to the usable cores and ``cap``."""
+    if in_pool_worker():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(int(tasks), int(cap), cores))
+
+
 class _ByValue:
     """A tensor sent from a worker as a numpy array (pickled bytes), not as torch's shared-memory handle: each
     received shared tensor keeps a file descriptor open in the parent, and reading a 4,000-study cohort (about

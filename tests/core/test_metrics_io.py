@@ -54,15 +54,18 @@ def test_shards_and_workers():
 
 
 def _worker_flag(_):
-    from mmapps.parallel import in_pool_worker
+    from mmapps.parallel import in_pool_worker, thread_count
 
-    return in_pool_worker()
+    return in_pool_worker() and thread_count(8) == 1
 
 
 def test_pool_workers_know_they_are_workers():
     """Code that spreads work over threads (the nodule finder's scales) stays on one thread inside a pool."""
     assert parallel_map(_worker_flag, [0, 1, 2], workers=2) == [True, True, True]
     assert parallel_map(_worker_flag, [0, 1], workers=1) == [False, False]
+    from mmapps.parallel import thread_count
+
+    assert thread_count(1) == 1 and 1 <= thread_count(8, cap=2) <= 2
 
 
 def test_atomic_outputs_get_normal_permissions(tmp_path):

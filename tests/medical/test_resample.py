@@ -70,3 +70,16 @@ def test_predict_imports_neither_monai_nor_dynamo():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split("\n")[-2] == "True []", p.stdout
+
+
+def test_threaded_zoom_equals_one_affine_transform():
+    """The working grid is interpolated in slabs on threads: every voxel must equal scipy's single call."""
+    from scipy import ndimage
+
+    from medical.lungs import _parallel_zoom
+
+    a = np.random.default_rng(0).normal(size=(40, 30, 30)).astype(np.float32)
+    matrix = np.array([40 / 70, 0.75, 1.5])
+    shape = (70, 40, 20)
+    assert np.array_equal(_parallel_zoom(a, matrix, shape),
+                          ndimage.affine_transform(a, matrix, output_shape=shape, order=1, mode="nearest"))
