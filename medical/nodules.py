@@ -55,6 +55,8 @@ def _scale_responses(hu: np.ndarray, spacing: float) -> list[tuple[float, np.nda
 
     from scipy import ndimage
 
+    from mmapps.parallel import thread_count
+
     img = np.clip(hu, -1000.0, 100.0).astype(np.float32)
     scales = [r for r in RADII_MM if r / math.sqrt(3.0) / spacing >= MIN_SIGMA_VOXELS]
     coarse = [r / math.sqrt(3.0) / spacing > 3.0 and min(img.shape) >= 8 for r in scales]
@@ -67,8 +69,6 @@ def _scale_responses(hu: np.ndarray, spacing: float) -> list[tuple[float, np.nda
         resp = -(sigma_mm ** 2) * ndimage.gaussian_laplace(src, sigma_mm / step, truncate=3.0, mode="nearest") / step ** 2
         peaks = (resp == ndimage.maximum_filter(resp, size=3)) & (resp >= MIN_RESPONSE_HU)
         return r, resp, factor, peaks
-
-    from mmapps.parallel import thread_count
 
     threads = thread_count(len(scales), SCALE_THREADS)
     if threads == 1:
