@@ -60,12 +60,11 @@ def write_report(out_dir: Path, inputs: dict, cam: np.ndarray | None, result: di
             for i, n in enumerate(nodules[:MAX_NODULE_PANELS]):
                 ax = fig.add_subplot(1, n_panels, i + 1)
                 prob = f", p={n['probability']:.2f}" if n.get("probability") is not None else ""
-                if n.get("detection_score") is not None:
-                    prob += f" (P(nodule) {n['detection_score']:.2f})"
+                sure = f"P(nodule) {n['detection_score']:.2f}, " if n.get("detection_score") is not None else ""
                 x, y, z = n["center_mm"]
                 _axial_panel(ax, scan, n["center_voxel"][0], [n],
                              f"nodule {i + 1}: {n['diameter_mm']:.0f} mm {n['type']}{prob}\n"
-                             f"LPS ({x:.0f}, {y:.0f}, {z:.0f}) mm")
+                             f"{sure}LPS ({x:.0f}, {y:.0f}, {z:.0f}) mm")
         elif scan is not None:
             ax = fig.add_subplot(1, n_panels, 1)
             zr = scan.stats.get("lung_z_range") or [0, scan.hu.shape[0] - 1]
