@@ -142,9 +142,41 @@ MAX_TOKENS = 200  # Whisper's 448-token context also holds the prompt
 TRAILING_MIN_PROBABILITY = 0.2
 
 
+STATE_FRAMES_PER_SECOND = 50  # the encoder's output rate (20 ms per state)
+MAX_STATE_FRAMES = 500  # 10 s of speech: SLU commands are short
+
+
+class _EncoderTap:
+    """Wraps ``WhisperModel.encode`` so the encoder output that transcription computes anyway is kept (the first
+    window of the last call): the speech features of the SLU model cost no second encoder pass."""
+
+    def __init__(self, encode):
+        self.encode, self.first = encode, None
+
+    def __call__(self, features, *args, **kwargs):
+        out = self.encode(features, *args, **kwargs)
+        if self.first is None:
+            self.first = np.array(out)[0]  # [1500, 512] float32, a copy off CTranslate2's storage
+        return out
+
+
+def speech_samples(x: np.ndarray) -> int:
+    """How many samples of ``x`` faster-whisper's VAD keeps (it encodes only those, concatenated)."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    chunks = get_speech_timestamps(np.asarray(x, dtype=np.float32), VadOptions())
+    return sum(c["end"] - c["start"] for c in chunks)
+
+
+def state_frames(kept_samples: int) -> int:
+    """The encoder states that cover ``kept_samples`` of speech (mel frames of 10 ms, two per state)."""
+    return max(1, min(MAX_STATE_FRAMES, kept_samples // 160 // 2 + 1))
+
+
 class WhisperRecognizer:
     """Whisper base, int8 on CPU, English, temperature 0, beam search, word timestamps and word probabilities,
-    with the checkpoint's domain prompt. The loaded model is shared per process."""
+    with the checkpoint's domain prompt. The loaded model is shared per process. After ``transcribe``,
+    ``encoder_states()`` gives the Whisper encoder's states over the speech (the SLU model's audio features)."""
 
     _models: dict = {}
 
@@ -155,16 +187,19 @@ class WhisperRecognizer:
 
             import torch
 
-            WhisperRecognizer._models[key] = WhisperModel(
-                str(whisper_model_dir()), device="cpu", compute_type="int8", local_files_only=True,
-                cpu_threads=threads or torch.get_num_threads())
+            model = WhisperModel(str(whisper_model_dir()), device="cpu", compute_type="int8", local_files_only=True,
+                                 cpu_threads=threads or torch.get_num_threads())
+            model.encode = _EncoderTap(model.encode)
+            WhisperRecognizer._models[key] = model
         self.model = WhisperRecognizer._models[key]
         self.prompt = prompt or None
         self.beam_size = beam_size
+        self._states = None
 
     def transcribe(self, x: np.ndarray) -> tuple[str, list[dict]]:
         """16 kHz float waveform -> (normalised transcript, [{"word", "start", "end", "probability"}])."""
         x = np.asarray(x, dtype=np.float32)
+        self.model.encode.first, self._states = None, None
         # Silero VAD (bundled with faster-whisper) first: a tone or noise gives no speech segment instead of a
         # hallucinated sentence; and a token budget from the duration, so a decoding loop cannot run for minutes
         segments, _ = self.model.transcribe(
@@ -182,7 +217,32 @@ class WhisperRecognizer:
         for _ in range(2):
             if len(words) > 1 and words[-1]["probability"] < TRAILING_MIN_PROBABILITY:
                 words = words[:-1]
+        first = self.model.encode.first
+        if first is not None:
+            self._states = first[:state_frames(speech_samples(x))].astype(np.float16)
         return " ".join(w["word"] for w in words), words
+
+    def encoder_states(self) -> np.ndarray | None:
+        """The last ``transcribe``'s Whisper encoder states over the speech, [T, 512] float16 (T <= 500, 20 ms
+        each), computed as faster-whisper does (VAD-kept speech, one padded 30 s window); None when no speech."""
+        return self._states
+
+
+def whisper_states(x: np.ndarray) -> np.ndarray | None:
+    """The encoder states ``WhisperRecognizer.transcribe`` keeps, without decoding (for training data): the same
+    VAD, features and 30 s window, so train and inference see the same features (tested)."""
+    from faster_whisper.audio import pad_or_trim
+    from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+    x = np.asarray(x, dtype=np.float32)
+    model = WhisperRecognizer().model
+    chunks = get_speech_timestamps(x, VadOptions())
+    if not chunks:
+        return None  # transcribe encodes nothing either
+    speech = np.concatenate(collect_chunks(x, chunks)[0])
+    feats = model.feature_extractor(speech)
+    out = np.array(model.encode.encode(pad_or_trim(feats[:, :min(3000, feats.shape[-1] - 1)])))[0]
+    return out[:state_frames(len(speech))].astype(np.float16)
 
 
 # ---- pocketsphinx (the light option) ---------------------------------------------------------------------

@@ -129,6 +129,9 @@ def run_bench(quick: bool = False) -> BenchReport:
                 s = speech_intent(pipe, dev, 30 if quick else 140, Path(tmp))
             report.add(f"speech intent accuracy from audio ({s['n']} SNIPS dev, unseen voices)",
                        s["intent_accuracy"], SPEECH_INTENT)
+            if "intent_accuracy_transcript_only" in s:
+                report.add("speech intent accuracy, transcript only (ablation: audio branch off)",
+                           s["intent_accuracy_transcript_only"])
             report.add("speech slot-value F1 from audio (same utterances)", s["slot_f1"])
             report.add("ASR WER on those synthesized utterances", s.get("wer"))
             report.details["speech_voices"] = s["voices"]

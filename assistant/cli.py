@@ -77,15 +77,27 @@ def train(data: List[Path] = typer.Argument(..., help="SNIPS folder(s), CLINC150
               "intent / out-of-scope path, threshold and ASR gate are kept unchanged"),
           tune_layers: int = typer.Option(4, "--tune-layers", min=1, max=6,
                                           help="MiniLM layers fine-tuned by --refine-slots"),
+          refine_audio: Optional[Path] = typer.Option(
+              None, "--refine-audio", help="a trained checkpoint: give it an audio branch on Whisper encoder states, "
+              "trained on DATA = manifests from `mmapps assistant transcribe`; everything else is kept unchanged"),
           json_out: bool = JSON_OPT):
     """Train the speech+text SLU model with the core Trainer (works under torchrun)."""
     def go():
         from mmapps.errors import UserError
 
+        from .train import refine_audio as refine_a
         from .train import refine_slots as refine
         from .train import train as run
 
         check_output_file(out)
+        if refine_slots is not None and refine_audio is not None:
+            raise UserError("--refine-slots and --refine-audio are separate stages: run one, then the other")
+        if refine_audio is not None:
+            if fusion or config or resume or oos_from:
+                raise UserError("--refine-audio keeps the checkpoint's model and trains on transcribed speech only: "
+                                "--fusion, --config, --resume and --oos-from do not apply")
+            return refine_a(refine_audio, list(data), out,
+                            cfg_overrides=list(set_) + ([f"train.epochs={epochs}"] if epochs else []), seed=seed)
         if refine_slots is not None:
             if fusion or config or resume:
                 raise UserError("--refine-slots keeps the checkpoint's model: --fusion, --config and --resume "

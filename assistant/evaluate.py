@@ -156,18 +156,21 @@ def evaluate_speech(pipe, examples: list[dict]) -> dict:
 
     from .asr import transcript_confidence, wer_form
     from .io import SAMPLE_RATE, load_audio
-    from .models import log_mel
 
-    hyps, mels, confs = [], [], []
+    hyps, feats, confs = [], [], []
     for e in track(examples, "recognising speech", total=len(examples)):
         x = load_audio(e["audio"])
         text, words = pipe.asr.transcribe(x)
         hyps.append(text)
         confs.append(transcript_confidence(text, words, len(x) / SAMPLE_RATE))
-        mels.append(log_mel(x) if pipe.meta.get("audio_trained", True) else None)
-    preds = pipe.predict([h.split() or None for h in hyps], mels, asr_confidences=confs)
+        feats.append(pipe.speech_features(x))
+    preds = pipe.predict([h.split() or None for h in hyps], feats, asr_confidences=confs)
     out = {"n": len(examples), "mode": f"speech ({pipe.asr_name} ASR -> NLU)"}
     out.update(intent_metrics([e["intent"] for e in examples], [p["intent"] for p in preds]))
+    if any(feats):  # the ablation: the same transcripts without the audio branch
+        text_only = pipe.predict([h.split() or None for h in hyps], asr_confidences=confs)
+        out["intent_accuracy_transcript_only"] = intent_metrics([e["intent"] for e in examples],
+                                                                [p["intent"] for p in text_only])["intent_accuracy"]
     ref_slots = [reference_slots(e) for e in examples]
     sv = slot_value_f1(ref_slots, [p["slots"] for p in preds])
     out.update({"slot_f1": sv["f1"], "slot_precision": sv["precision"], "slot_recall": sv["recall"],

@@ -226,7 +226,11 @@ def read_manifest(path) -> list[dict]:
         if audio and not Path(audio).is_absolute():
             audio = path.parent / audio
         # "reference": the typed text an ASR-transcribed row came from (``transcribe``)
+        # "source_audio": the recording it was transcribed from (its Whisper states train the audio branch)
         extra = {k: rec[k] for k in ("voice", "reference") if isinstance(rec.get(k), str)}
+        if isinstance(rec.get("source_audio"), str):
+            src = Path(rec["source_audio"])
+            extra["source_audio"] = str(src if src.is_absolute() else path.parent / src)
         if slots is not None:
             extra["slots"] = slots
         out.append(_example(text, str(rec["intent"]), tags, audio, **extra))

@@ -38,6 +38,8 @@ class ModelConfig:
     finetune_slots_only: bool = False  # True: the fine-tuned layers feed the slot path alone (their own BiGRU);
     # the intent / out-of-scope path keeps the frozen MiniLM word vectors, whose general-purpose geometry
     # rejects unseen domains better (fine-tuned for both: real coffee orders rejected 0.875 -> 0.725)
+    audio: str = "logmel"  # the audio branch's input: "logmel" (a CNN over the log-mel; older checkpoints) or
+    # "whisper" (the Whisper encoder states that transcription computes anyway, attention-pooled)
     vocab_size: int = 2
     n_intents: int = 2
     n_tags: int = 1
@@ -46,6 +48,7 @@ class ModelConfig:
         from mmapps.config import check_choice, check_range
 
         check_choice("fusion", self.fusion, ["concat", "weighted", "gated", "attention", "lowrank"])
+        check_choice("model.audio", self.audio, AUDIO_INPUTS)
         check_range("model.dim", self.dim, 2, 4096)
         check_range("model.word_emb", self.word_emb, 1, 4096)
         check_range("model.modality_dropout", self.modality_dropout, 0.0, 0.95)
@@ -127,6 +130,32 @@ def log_mel(x: np.ndarray) -> torch.Tensor:
         _MEL["mel"] = T.MelSpectrogram(sample_rate=16000, n_fft=400, hop_length=160, n_mels=N_MELS)
     m = torch.log(_MEL["mel"](torch.as_tensor(x, dtype=torch.float32)) + 1e-6)[:, :MAX_FRAMES]
     return ((m - m.mean()) / (m.std() + 1e-5)).to(torch.float16)
+
+
+AUDIO_INPUTS = ("logmel", "whisper")
+WHISPER_DIM = 512  # Whisper base's encoder width: its states are [T, 512]
+
+
+class WhisperStateEncoder(nn.Module):
+    """Whisper encoder states over the speech {"states" [B, T, 512], "mask" [B, T]} -> [B, out_dim]: a per-frame
+    projection, then attention pooling and mean pooling side by side. Whisper was trained on 680k hours of
+    people, so its states carry what was said in voices a CNN trained on a few synthetic ones never heard."""
+
+    def __init__(self, in_dim: int = WHISPER_DIM, out_dim: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.frame = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Dropout(dropout))
+        self.score = nn.Linear(out_dim, 1)
+        self.out = nn.Linear(2 * out_dim, out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, x: dict) -> torch.Tensor:
+        mask = x["mask"].bool()
+        h = self.frame(self.norm(x["states"].float()))
+        alpha = self.score(h).squeeze(-1).masked_fill(~mask, -1e9).softmax(-1)
+        m = mask.unsqueeze(-1).float()
+        mean = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return self.out(torch.cat([(alpha.unsqueeze(-1) * h).sum(1), mean], -1))
 
 
 # ---- the model: encoders and heads injected into the core FusionModel --------------------------------
@@ -315,21 +344,28 @@ def build_model(cfg: ModelConfig) -> FusionModel:
 
     tokens = TokenEncoder(cfg.vocab_size, cfg.word_emb, cfg.dim, cfg.char_dim, cfg.finetune_layers,
                           cfg.finetune_lr_scale, cfg.finetune_slots_only)
-    encoders = {"sentence": SentenceEncoder(cfg.dim), "tokens": tokens,
-                "audio": get_encoder("audio", n_mels=N_MELS, out_dim=cfg.dim, width=16)}
+    audio = (WhisperStateEncoder(WHISPER_DIM, cfg.dim) if cfg.audio == "whisper"
+             else get_encoder("audio", n_mels=N_MELS, out_dim=cfg.dim, width=16))
+    encoders = {"sentence": SentenceEncoder(cfg.dim), "tokens": tokens, "audio": audio}
     heads = {"intent": IntentHead(cfg.dim, cfg.n_intents),
              "tags": SlotHead(tokens.out_dim, cfg.dim, cfg.n_tags, weight=cfg.slot_weight, crf=cfg.crf)}
     return FusionModel(encoders, heads, fusion=cfg.fusion, fusion_dim=cfg.dim, modality_dropout=cfg.modality_dropout)
 
 
 def collate(samples: list[dict]) -> dict:
-    """Pad tokens, word vectors and log-mels into a FusionModel batch.
+    """Pad tokens, word vectors and audio features into a FusionModel batch.
 
     Returns {"sentence" [B, 384], "tokens": {"ids" [B, T], "wvec" [B, T, 384], "chars" [B, T, L]} (+ "sub",
     "sub_mask", "first" when the samples carry subword states for fine-tuned MiniLM layers),
-    "audio" [B, 64, F], "present": {"sentence", "tokens", "audio": [B] bool}, "meta", and "targets":
+    "audio" [B, 64, F] (log-mels, sample key "mel") or {"states" [B, F, 512], "mask" [B, F]} (Whisper encoder
+    states, sample key "wstates"), "present": {"sentence", "tokens", "audio": [B] bool}, "meta", and "targets":
     {"intent" [B], "tags" [B, T]} when the samples are labelled}."""
     B = len(samples)
+    if any(s.get("wstates") is not None for s in samples):
+        audio, ap = _pad_states([s.get("wstates") for s in samples])
+        batch = collate([{k: v for k, v in s.items() if k not in ("mel", "wstates")} for s in samples])
+        batch["audio"], batch["present"]["audio"] = audio, ap
+        return batch
     T = max(1, max(len(s["ids"]) for s in samples))
     L = max([len(c) for s in samples for c in (s.get("chars") or [])] or [1])
     chars = torch.zeros(B, T, L, dtype=torch.long)
@@ -373,6 +409,17 @@ def collate(samples: list[dict]) -> dict:
     if any(s.get("intent") is not None for s in samples):
         batch["targets"] = {"intent": intent, "tags": tags}
     return batch
+
+
+def _pad_states(states: list) -> tuple[dict, torch.Tensor]:
+    """Per sample Whisper states [T_i, 512] or None -> ({"states" [B, T, 512], "mask" [B, T]}, present [B])."""
+    T = max([len(s) for s in states if s is not None] or [1])
+    x = torch.zeros(len(states), T, WHISPER_DIM, dtype=torch.float16)
+    mask = torch.zeros(len(states), T, dtype=torch.bool)
+    for b, s in enumerate(states):
+        if s is not None:
+            x[b, :len(s)], mask[b, :len(s)] = torch.as_tensor(s), True
+    return {"states": x, "mask": mask}, mask.any(1)
 
 
 def bio_constraints(tags: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -150,19 +150,19 @@ class Pipeline(BasePipeline):
 
     # -- batch prediction (evaluation, bench) ------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, token_lists: list[list[str] | None], mels: list | None = None, batch_size: int = 64,
+    def predict(self, token_lists: list[list[str] | None], audio: list | None = None, batch_size: int = 64,
                 asr_confidences: list | None = None) -> list[dict]:
         """Batch prediction.
 
         Args:
             token_lists: per item its words (or None when there is no text).
-            mels: per item a log-mel [64, T] (or None).
+            audio: per item its audio features as ``speech_features`` returns them (or None / {}).
             asr_confidences: per item the ASR's confidence (or None); below the checkpoint's minimum the item is
                 rejected as not understood.
         Returns:
             per item {"intent", "best_in_scope", "confidence", "out_of_scope", "tags", "slots", "modality_weights"}.
         """
-        mels = mels or [None] * len(token_lists)
+        audio = audio or [None] * len(token_lists)
         asr_confidences = asr_confidences or [None] * len(token_lists)
         have = [i for i, t in enumerate(token_lists) if t]
         feats = [{"ids": [], "wvec": None, "sent": None} for _ in token_lists]
@@ -172,11 +172,21 @@ class Pipeline(BasePipeline):
                 feats[i] = f
         results = []
         for s in range(0, len(feats), batch_size):
-            items = [{**feats[i], "mel": mels[i]} for i in range(s, min(s + batch_size, len(feats)))]
+            items = [{**feats[i], **(audio[i] or {})} for i in range(s, min(s + batch_size, len(feats)))]
             out = self._forward({"batch": collate(items)})
             toks = [(token_lists[i] or [])[:64] for i in range(s, s + len(items))]
             results += self._decode(out, toks, asr_confidences[s:s + len(items)])
         return results
+
+    def speech_features(self, x: np.ndarray) -> dict:
+        """The audio branch's input for a waveform just transcribed by ``self.asr``: {"wstates": Whisper encoder
+        states} for a model trained on them (taken from the transcription, no second pass; none with
+        pocketsphinx), {"mel": log-mel} for a log-mel model trained with audio, {} for a text-only model (its
+        untrained audio branch would add noise)."""
+        if self.config.audio == "whisper":
+            states = self.asr.encoder_states() if hasattr(self.asr, "encoder_states") else None
+            return {} if states is None else {"wstates": states}
+        return {"mel": log_mel(x)} if self.meta.get("audio_trained", True) else {}
 
     # -- the three steps ----------------------------------------------------------------------------------
     def preprocess(self, audio=None, text: str | None = None, raw: bool = False) -> dict:
@@ -187,7 +197,8 @@ class Pipeline(BasePipeline):
             text: typed text (used instead of the transcript when both are given), or None.
             raw: the audio is headerless 16 kHz int16.
         Returns:
-            {"x" [N] or None, "transcript", "words", "tokens", "mel" [64, T] or None, "asr_confidence", "t0"}.
+            {"x" [N] or None, "transcript", "words", "tokens", "audio" (``speech_features``), "asr_confidence",
+            "t0"}.
         """
         if audio is None and text is None:
             raise UserError("no input: give --audio WAV and/or --text TEXT")
@@ -197,7 +208,7 @@ class Pipeline(BasePipeline):
         if audio is not None:
             self.asr
         t0 = time.perf_counter()
-        x, words, transcript, mel, conf, name = None, [], None, None, None, "<audio>"
+        x, words, transcript, feats, conf, name = None, [], None, {}, None, "<audio>"
         if audio is not None:
             if isinstance(audio, (str, Path)):
                 name, x = str(audio), load_audio(audio, raw=raw)
@@ -209,10 +220,9 @@ class Pipeline(BasePipeline):
             if not transcript and text is None:
                 raise UserError(f"{name}: no speech recognised in the audio ({len(x) / SAMPLE_RATE:.2f} s)")
             conf = transcript_confidence(transcript, words, len(x) / SAMPLE_RATE)
-            # the audio branch is used only when the checkpoint trained it (a text-only model would see noise)
-            mel = log_mel(x) if self.meta.get("audio_trained", True) else None
+            feats = self.speech_features(x)
         tokens = tokenize(text) if text is not None else tokenize(transcript or "")
-        return {"x": x, "transcript": transcript, "words": words, "tokens": tokens, "mel": mel,
+        return {"x": x, "transcript": transcript, "words": words, "tokens": tokens, "audio": feats,
                 "asr_confidence": conf if text is None else None, "text": text, "t0": t0}
 
     def _forward(self, inputs: dict) -> dict:
@@ -223,7 +233,7 @@ class Pipeline(BasePipeline):
             toks = inputs["tokens"][:64]
             feat = (featurize([toks], self.vocab, self.embedder, top_layers=self.config.finetune_layers)[0] if toks
                     else {"ids": [], "wvec": None, "sent": None})
-            batch = collate([{**feat, "mel": inputs["mel"]}])
+            batch = collate([{**feat, **inputs["audio"]}])
         from mmapps.data import move_to
 
         with torch.no_grad():

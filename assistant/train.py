@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -335,6 +336,84 @@ def refine_slots(init, data: list, out, oos_from=None, cfg_overrides: list[str] 
             "n_val": len(val), "intents": intents, "last": history[-1] if history else {}}
 
 
+# what refine_audio trains: the audio encoder and the fusion's projection of its output; all else is kept as is
+AUDIO_PATH = ("encoders.audio.", "fusion.proj.audio.")
+
+
+def refine_audio(init, data: list, out, cfg_overrides: list[str] | None = None, val_fraction: float = 0.1,
+                 seed: int = 0, quiet: bool = False) -> dict:
+    """Give a trained checkpoint ``init`` an audio branch on Whisper encoder states (``model.audio = "whisper"``).
+
+    ``data``: manifests written by ``transcribe`` (what the ASR heard, the aligned tags, ``source_audio``); each
+    row trains with its transcript and its recording's encoder states, so the branch learns what the transcript
+    gets wrong. Only ``AUDIO_PATH`` trains: text-only inputs (typed text, or speech with ``--asr pocketsphinx``)
+    get exactly ``init``'s answers, and the OOS threshold tuned on typed text stays valid. The core validation
+    split of ``data`` picks the epoch (intent accuracy + slot F1 from transcript + audio)."""
+    from dataclasses import replace
+
+    from mmapps.checkpoint import load_checkpoint, save_checkpoint
+    from mmapps.device import apply_thread_limit
+    from mmapps.progress import track
+    from mmapps.splits import validation_split
+    from mmapps.trainer import Trainer
+
+    from .pipeline import cache_dir, featurize
+
+    apply_thread_limit()
+    bundle = load_checkpoint(init)
+    meta, base_state = bundle["meta"], bundle["state_dict"]
+    base = ModelConfig(**bundle["config"]["model"])
+    overrides = list(cfg_overrides or [])
+    if any(o.startswith("model.") for o in overrides):
+        raise UserError("--refine-audio keeps the model of the checkpoint: only train.* settings can be changed")
+    tcfg = _train_config(overrides)
+    # no modality dropout: speech always arrives with its transcript, and that pairing is what the branch must learn
+    mcfg = replace(base, audio="whisper", modality_dropout=0.0)
+    mcfg.validate()
+
+    groups, used, examples = _training_examples(data, None, 0, seed)
+    examples = [e for e in examples if e.get("source_audio")]
+    if len(examples) < 4:
+        raise UserError(f"{data[0]}: --refine-audio needs rows written by `mmapps assistant transcribe` (they name "
+                        f"their source_audio); found {len(examples)}")
+    intents, tags = list(meta["intents"]), list(meta["tags"])
+    unknown = sorted({e["intent"] for e in examples} - set(intents))
+    if unknown:
+        raise UserError(f"{init}: these training intents are not in the checkpoint: {', '.join(unknown[:5])}")
+    vocab_idx = {w: i for i, w in enumerate(meta["vocab"])}
+    samples = _samples(examples, featurize([e["tokens"] for e in examples], vocab_idx, cache_dir=cache_dir(),
+                                           top_layers=base.finetune_layers),
+                       intents, {t: i for i, t in enumerate(tags)})
+    for s, e in zip(samples, track(examples, "Whisper encoder states", total=len(examples))):
+        s["wstates"] = cached_states(e["source_audio"])
+    tr_idx, val_idx = validation_split(len(samples), val_fraction, seed=seed, labels=[e["intent"] for e in examples])
+    tr, val = [samples[i] for i in tr_idx], [samples[i] for i in val_idx]
+
+    torch.manual_seed(tcfg.seed)
+    model = build_model(mcfg)
+    state = {k: v for k, v in base_state.items() if not k.startswith(AUDIO_PATH[0])}  # the log-mel CNN goes
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(AUDIO_PATH[0]) for k in missing):
+        raise UserError(f"{init}: its weights do not fit its own config ({len(unexpected)} unexpected, "
+                        f"{len(missing)} missing)")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(AUDIO_PATH))
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(AUDIO_PATH)}
+
+    run_meta = {**meta, "audio_trained": True, "n_train": len(tr), "n_val": len(val),
+                "audio_refined": {"from": str(init), "features": "Whisper base encoder states", "data": used}}
+    config = {"scenario": "assistant", "model": asdict(mcfg), "train": asdict(tcfg)}
+    trainer = Trainer(model, tcfg, out, meta=run_meta, model_config=config, collate_fn=collate,
+                      eval_fn=_eval_fn(intents, tags) if val else None, quiet=quiet)
+    history = trainer.fit(SLUDataset(tr), SLUDataset(val) if val else None)
+    if trainer.dist.is_main:
+        saved = load_checkpoint(out)
+        state = {**saved["state_dict"], **frozen}  # the text path exactly as given (buffers too)
+        save_checkpoint(out, compact_state(state, keep=tuple(frozen)), saved["config"], compact_meta(saved["meta"]))
+    return {"model": str(out), "from": str(init), "data": used, "epochs": len(history), "n_train": len(tr),
+            "n_val": len(val), "intents": intents, "last": history[-1] if history else {}}
+
+
 def compact_meta(meta: dict) -> dict:
     """The pocketsphinx ARPA LM (2.4 MB of text for SNIPS) stored gzip-compressed (0.6 MB); the pipeline expands
     it on load (``assistant.pipeline.expand_meta``)."""
@@ -375,12 +454,50 @@ def asr_examples(pipe, examples: list[dict], progress: bool = True) -> list[dict
     rows = []
     for e in (track(spoken, "transcribing", total=len(spoken)) if progress else spoken):
         text, _ = pipe.asr.transcribe(load_audio(e["audio"]))
+        states = pipe.asr.encoder_states() if hasattr(pipe.asr, "encoder_states") else None
+        if states is not None:  # computed by the transcription anyway: cached for --refine-audio
+            save_cached_states(e["audio"], states)
         tokens = tokenize(text)
         if tokens:
             rows.append({"text": " ".join(tokens), "intent": e["intent"],
                          "tags": align_tags(e["tokens"], e["tags"], tokens), "reference": e["text"],
+                         "source_audio": str(Path(e["audio"]).resolve()),
                          **({"voice": e["voice"]} if e.get("voice") else {})})
     return rows
+
+
+def _states_file(audio) -> Path:
+    """Where a recording's Whisper encoder states are cached: by the file's content (and the states' recipe)."""
+    import hashlib
+
+    from .pipeline import cache_dir
+
+    digest = hashlib.sha1(Path(audio).read_bytes()).hexdigest()
+    return cache_dir() / "whisper_base_states_v1" / digest[:2] / f"{digest}.npy"
+
+
+def save_cached_states(audio, states: np.ndarray) -> None:
+    from mmapps.io import atomic_path
+
+    target = _states_file(audio)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, states.astype(np.float16))
+
+
+def cached_states(audio) -> np.ndarray | None:
+    """A recording's Whisper encoder states (``asr.whisper_states``), from the cache ``transcribe`` filled, else
+    computed (about a second each on one core) and cached. None when the VAD finds no speech."""
+    from .asr import whisper_states
+
+    target = _states_file(audio)
+    if target.is_file():
+        return np.load(target)
+    states = whisper_states(load_audio(audio))
+    if states is not None:
+        save_cached_states(audio, states)
+    return states
 
 
 def retune_threshold(checkpoint, data: list, oos_from=None, oos_limit: int = 4000, seed: int = 0,
@@ -430,7 +547,7 @@ def calibrate_asr_confidence(checkpoint, manifest, keep: float = 0.95) -> dict:
         x = load_audio(e["audio"])
         text, words = pipe.asr.transcribe(x)
         conf = transcript_confidence(text, words, len(x) / SAMPLE_RATE) or 0.0
-        pred = pipe.predict([text.split() or None])[0]
+        pred = pipe.predict([text.split() or None], [pipe.speech_features(x)])[0]  # as understand decides
         confs.append(conf)
         right.append(pred["best_in_scope"] == e["intent"])
     confs, right = np.array(confs), np.array(right)

@@ -336,3 +336,66 @@ def test_a_corrupt_compressed_lm_is_a_checkpoint_error():
         expand_meta({"lm_text_gz": b"not gzip"}, "m.pt")
     with pytest.raises(CheckpointError, match="both"):
         expand_meta({"lm_text_gz": gzip.compress(b"x"), "lm_text": "\\data\\"}, "m.pt")
+
+
+def _spoken_rows(tmp_path, n_per_intent=12):
+    """Transcribed rows (as `transcribe` writes them) whose transcript says nothing about the intent but whose
+    Whisper states (cached, as `transcribe` leaves them) do: what the audio branch is there to learn."""
+    from assistant.train import save_cached_states
+
+    rng = np.random.default_rng(0)
+    pattern = rng.choice([-1.0, 1.0], 512)  # a direction, not an offset (the encoder's LayerNorm removes offsets)
+    rows = []
+    for k, (intent, sign) in enumerate((("PlayMusic", 1.0), ("GetWeather", -1.0))):
+        for i in range(n_per_intent):
+            wav = tmp_path / f"{intent}{i}.wav"
+            sf.write(wav, 0.01 * rng.standard_normal(1600 + i + 100 * k), 16000)  # distinct file content
+            states = (sign * pattern + rng.standard_normal((20, 512))).astype(np.float16)
+            save_cached_states(wav, states)
+            rows.append({"text": "zzyzx qqq", "intent": intent, "tags": ["O", "O"], "reference": "-",
+                         "source_audio": str(wav)})
+    (tmp_path / "asr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "asr.jsonl", rows
+
+
+def test_refine_audio_learns_from_whisper_states_and_keeps_the_text_path(tiny_model, tmp_path, monkeypatch):
+    """--refine-audio: the Whisper-state encoder and its fusion projection train on transcribed speech; every other
+    weight, the OOS threshold and the answers to text-only input stay exactly the checkpoint's; where the
+    transcript is useless, the audio now decides the intent."""
+    from assistant import Pipeline
+    from assistant.train import AUDIO_PATH, cached_states, refine_audio
+    from mmapps.checkpoint import load_checkpoint
+    from mmapps.errors import UserError
+
+    monkeypatch.setenv("MMAPPS_CACHE", str(tmp_path / "cache"))
+    manifest, rows = _spoken_rows(tmp_path)
+    out = tmp_path / "audio.pt"
+    refine_audio(tiny_model, [manifest], out, cfg_overrides=["epochs=10", "lr=0.01", "batch_size=8", "amp=false"],
+                 val_fraction=0.25, quiet=True)
+    base, new = load_checkpoint(tiny_model), load_checkpoint(out)
+    assert new["config"]["model"]["audio"] == "whisper" and new["meta"]["audio_trained"]
+    assert new["meta"]["oos_threshold"] == base["meta"]["oos_threshold"]
+    for k, v in new["state_dict"].items():
+        assert k.startswith(AUDIO_PATH) or torch.equal(base["state_dict"][k], v), k
+    a, b = Pipeline.from_checkpoint(tiny_model), Pipeline.from_checkpoint(out)
+    texts = [t.split() for t in ("what is the weather in madrid", "play blues by adele", "zzyzx qqq")]
+    for x, y in zip(a.predict(texts), b.predict(texts)):
+        assert (x["intent"], x["confidence"]) == (y["intent"], y["confidence"])
+    audio = [{"wstates": cached_states(r["source_audio"])} for r in rows]
+    heard = b.predict([r["text"].split() for r in rows], audio)
+    assert np.mean([p["best_in_scope"] == r["intent"] for p, r in zip(heard, rows)]) >= 0.9
+    assert all(p["modality_weights"]["audio"] > 0 for p in heard)
+    # the pipeline feeds the branch the states its Whisper kept from the transcription; pocketsphinx has none
+    from types import SimpleNamespace
+
+    b._asr = SimpleNamespace(encoder_states=lambda: audio[0]["wstates"])
+    assert b.speech_features(np.zeros(16000, np.float32))["wstates"] is audio[0]["wstates"]
+    b._asr = SimpleNamespace(transcribe=lambda x: ("", []))
+    assert b.speech_features(np.zeros(16000, np.float32)) == {}
+    typed = tmp_path / "typed.jsonl"  # typed rows have no recording to learn from
+    typed.write_text("".join(json.dumps({"text": "play jazz", "intent": "PlayMusic"}) + "\n" for _ in range(6)))
+    with pytest.raises(UserError, match="transcribe"):
+        refine_audio(tiny_model, [typed], tmp_path / "x.pt", quiet=True)
+    with pytest.raises(UserError, match="only train"):
+        refine_audio(tiny_model, [manifest], tmp_path / "x.pt", cfg_overrides=["model.dim=8"], quiet=True)
+    assert not (tmp_path / "x.pt").exists()

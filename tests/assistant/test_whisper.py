@@ -73,6 +73,24 @@ def test_whisper_real_speech_with_word_probabilities(shared_data):
 
 
 @needs_whisper
+def test_encoder_states_are_kept_from_the_transcription(shared_data):
+    """The SLU model's audio features are the encoder output the transcription computed anyway, and equal to what
+    ``whisper_states`` computes for training data without decoding: the speech frames only, 20 ms each."""
+    from assistant.asr import WhisperRecognizer, whisper_states
+    from assistant.io import load_audio
+
+    x = load_audio(shared_data / "assistant/speech_real/pocketsphinx/goforward.raw", raw=True)
+    rec = WhisperRecognizer()
+    rec.transcribe(x)
+    kept = rec.encoder_states()
+    assert kept.dtype == np.float16 and kept.shape[1] == 512
+    assert 10 <= kept.shape[0] <= len(x) / 16000 * 50 + 1
+    np.testing.assert_array_equal(kept, whisper_states(x))
+    rec.transcribe(np.zeros(16000, np.float32))  # silence: nothing encoded, nothing kept from the last call
+    assert rec.encoder_states() is None and whisper_states(np.zeros(16000, np.float32)) is None
+
+
+@needs_whisper
 def test_pure_tone_is_one_error_line_not_a_sentence(tmp_path, tiny_model):
     from typer.testing import CliRunner
 
