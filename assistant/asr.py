@@ -142,8 +142,7 @@ MAX_TOKENS = 200  # Whisper's 448-token context also holds the prompt
 TRAILING_MIN_PROBABILITY = 0.2
 
 
-STATE_FRAMES_PER_SECOND = 50  # the encoder's output rate (20 ms per state)
-MAX_STATE_FRAMES = 500  # 10 s of speech: SLU commands are short
+MAX_STATE_FRAMES = 500  # 10 s of speech (states are 20 ms each): SLU commands are short
 
 
 class _EncoderTap:
@@ -217,15 +216,16 @@ class WhisperRecognizer:
         for _ in range(2):
             if len(words) > 1 and words[-1]["probability"] < TRAILING_MIN_PROBABILITY:
                 words = words[:-1]
-        first = self.model.encode.first
-        if first is not None:
-            self._states = first[:state_frames(speech_samples(x))].astype(np.float16)
+        self._states = (self.model.encode.first, x)  # sliced on demand: a text-only model never pays the VAD
         return " ".join(w["word"] for w in words), words
 
     def encoder_states(self) -> np.ndarray | None:
         """The last ``transcribe``'s Whisper encoder states over the speech, [T, 512] float16 (T <= 500, 20 ms
         each), computed as faster-whisper does (VAD-kept speech, one padded 30 s window); None when no speech."""
-        return self._states
+        if self._states is None or self._states[0] is None:
+            return None
+        first, x = self._states
+        return first[:state_frames(speech_samples(x))].astype(np.float16)
 
 
 def whisper_states(x: np.ndarray) -> np.ndarray | None:

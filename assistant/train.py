@@ -398,7 +398,6 @@ def refine_audio(init, data: list, out, cfg_overrides: list[str] | None = None, 
                         f"{len(missing)} missing)")
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(AUDIO_PATH))
-    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(AUDIO_PATH)}
 
     run_meta = {**meta, "audio_trained": True, "n_train": len(tr), "n_val": len(val),
                 "audio_refined": {"from": str(init), "features": "Whisper base encoder states", "data": used}}
@@ -408,10 +407,16 @@ def refine_audio(init, data: list, out, cfg_overrides: list[str] | None = None, 
     history = trainer.fit(SLUDataset(tr), SLUDataset(val) if val else None)
     if trainer.dist.is_main:
         saved = load_checkpoint(out)
-        state = {**saved["state_dict"], **frozen}  # the text path exactly as given (buffers too)
-        save_checkpoint(out, compact_state(state, keep=tuple(frozen)), saved["config"], compact_meta(saved["meta"]))
+        save_checkpoint(out, keep_text_path(saved["state_dict"], base_state), saved["config"],
+                        compact_meta(saved["meta"]))
     return {"model": str(out), "from": str(init), "data": used, "epochs": len(history), "n_train": len(tr),
             "n_val": len(val), "intents": intents, "last": history[-1] if history else {}}
+
+
+def keep_text_path(trained: dict, base: dict) -> dict:
+    """The refined state: the trained audio branch (float32, ~0.4 MB) and every other tensor exactly as ``base``
+    stored it, dtype included (a float16 tuned slot path stays float16: the bundle stays under 20 MB)."""
+    return {k: (v if k.startswith(AUDIO_PATH) else base[k]) for k, v in trained.items()}
 
 
 def compact_meta(meta: dict) -> dict:
