@@ -371,7 +371,7 @@ def refine_audio(init, data: list, out, cfg_overrides: list[str] | None = None, 
     mcfg = replace(base, audio="whisper", modality_dropout=0.0)
     mcfg.validate()
 
-    groups, used, examples = _training_examples(data, None, 0, seed)
+    _, used, examples = _training_examples(data, None, 0, seed)
     examples = [e for e in examples if e.get("source_audio")]
     if len(examples) < 4:
         raise UserError(f"{data[0]}: --refine-audio needs rows written by `mmapps assistant transcribe` (they name "
@@ -498,7 +498,10 @@ def cached_states(audio) -> np.ndarray | None:
 
     target = _states_file(audio)
     if target.is_file():
-        return np.load(target)
+        try:
+            return np.load(target)
+        except (OSError, ValueError):  # a damaged cache file: computed again below
+            pass
     states = whisper_states(load_audio(audio))
     if states is not None:
         save_cached_states(audio, states)
