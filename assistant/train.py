@@ -261,6 +261,43 @@ def train(data: list, out, oos_from=None, cfg_overrides: list[str] | None = None
             "intents": intents, "last": history[-1] if history else {}}
 
 
+def _refine_base(init, cfg_overrides, option: str) -> tuple[dict, dict, ModelConfig, object]:
+    """A checkpoint for a later training stage -> (meta, state dict, its ModelConfig, the TrainConfig from
+    ``cfg_overrides``); the stage keeps the checkpoint's model, so only train.* settings may change."""
+    from mmapps.checkpoint import load_checkpoint
+
+    bundle = load_checkpoint(init)
+    overrides = list(cfg_overrides or [])
+    if any(o.startswith("model.") for o in overrides):
+        raise UserError(f"{option} keeps the model of the checkpoint: only train.* settings can be changed")
+    return bundle["meta"], bundle["state_dict"], ModelConfig(**bundle["config"]["model"]), _train_config(overrides)
+
+
+def _checkpoint_samples(examples: list[dict], meta: dict, init, top_layers: int) -> list[dict]:
+    """Training samples under a checkpoint's own vocabulary and label maps (an intent it lacks is an error)."""
+    from .pipeline import cache_dir, featurize
+
+    intents = list(meta["intents"])
+    unknown = sorted({e["intent"] for e in examples} - set(intents))
+    if unknown:
+        raise UserError(f"{init}: these training intents are not in the checkpoint: {', '.join(unknown[:5])}")
+    vocab_idx = {w: i for i, w in enumerate(meta["vocab"])}
+    return _samples(examples, featurize([e["tokens"] for e in examples], vocab_idx, cache_dir=cache_dir(),
+                                        top_layers=top_layers),
+                    intents, {t: i for i, t in enumerate(meta["tags"])})
+
+
+def _load_to_refine(model, state: dict, init, new: tuple[str, ...], trainable: tuple[str, ...]) -> None:
+    """Load a checkpoint's weights into the stage's model (only the ``new`` modules may be missing from them) and
+    let only the ``trainable`` parameters learn."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(new) for k in missing):
+        raise UserError(f"{init}: its weights do not fit its own config ({len(unexpected)} unexpected, "
+                        f"{len(missing)} missing)")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(trainable))
+
+
 # what refine_slots trains; every other weight (the intent / out-of-scope path) is kept bit for bit
 SLOT_PATH = ("encoders.tokens.top.", "encoders.tokens.slot_rnn.", "heads.tags.")
 
@@ -281,45 +318,26 @@ def refine_slots(init, data: list, out, oos_from=None, cfg_overrides: list[str] 
     from mmapps.splits import validation_split
     from mmapps.trainer import Trainer
 
-    from .pipeline import cache_dir, featurize
-
     apply_thread_limit()
-    bundle = load_checkpoint(init)
-    meta, base_state = bundle["meta"], bundle["state_dict"]
-    base = ModelConfig(**bundle["config"]["model"])
+    meta, base_state, base, tcfg = _refine_base(init, cfg_overrides, "--refine-slots")
     if base.finetune_layers:
         raise UserError(f"{init}: already has fine-tuned MiniLM layers; refine a model trained without them")
-    overrides = list(cfg_overrides or [])
-    if any(o.startswith("model.") for o in overrides):
-        raise UserError("--refine-slots keeps the model of the checkpoint: only train.* settings can be changed")
-    tcfg = _train_config(overrides)
     # no modality dropout: the frozen path learns nothing from it, and a dropped text row carries no slot loss
     mcfg = replace(base, finetune_layers=layers, finetune_slots_only=True, modality_dropout=0.0)
     mcfg.validate()
 
     _, used, examples = _training_examples(data, oos_from, oos_limit, seed)
     intents, tags = list(meta["intents"]), list(meta["tags"])
-    vocab_idx = {w: i for i, w in enumerate(meta["vocab"])}
-    tag_idx = {t: i for i, t in enumerate(tags)}
-    unknown = sorted({e["intent"] for e in examples} - set(intents))
-    if unknown:
-        raise UserError(f"{init}: these training intents are not in the checkpoint: {', '.join(unknown[:5])}")
-    samples = _samples(examples, featurize([e["tokens"] for e in examples], vocab_idx, cache_dir=cache_dir(),
-                                           top_layers=layers), intents, tag_idx)
+    samples = _checkpoint_samples(examples, meta, init, layers)
     tr_idx, val_idx = validation_split(len(samples), val_fraction, seed=seed, labels=[e["intent"] for e in examples])
     tr, val = [samples[i] for i in tr_idx], [samples[i] for i in val_idx]
 
     torch.manual_seed(tcfg.seed)
     model = build_model(mcfg)
-    missing, unexpected = model.load_state_dict(base_state, strict=False)
-    if unexpected or any(not k.startswith(SLOT_PATH[:2]) for k in missing):
-        raise UserError(f"{init}: its weights do not fit its own config ({len(unexpected)} unexpected, "
-                        f"{len(missing)} missing)")
+    _load_to_refine(model, base_state, init, new=SLOT_PATH[:2], trainable=SLOT_PATH)
     tokens = model.encoders["tokens"]
     load_minilm_layers(tokens.top, TextEmbedder().model.state_dict())
     tokens.slot_rnn.load_state_dict(tokens.rnn.state_dict())
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(SLOT_PATH))
     frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(SLOT_PATH)}
 
     run_meta = {**meta, "n_train": len(tr), "n_val": len(val),
@@ -357,16 +375,8 @@ def refine_audio(init, data: list, out, cfg_overrides: list[str] | None = None, 
     from mmapps.splits import validation_split
     from mmapps.trainer import Trainer
 
-    from .pipeline import cache_dir, featurize
-
     apply_thread_limit()
-    bundle = load_checkpoint(init)
-    meta, base_state = bundle["meta"], bundle["state_dict"]
-    base = ModelConfig(**bundle["config"]["model"])
-    overrides = list(cfg_overrides or [])
-    if any(o.startswith("model.") for o in overrides):
-        raise UserError("--refine-audio keeps the model of the checkpoint: only train.* settings can be changed")
-    tcfg = _train_config(overrides)
+    meta, base_state, base, tcfg = _refine_base(init, cfg_overrides, "--refine-audio")
     # no modality dropout: speech always arrives with its transcript, and that pairing is what the branch must learn
     mcfg = replace(base, audio="whisper", modality_dropout=0.0)
     mcfg.validate()
@@ -377,13 +387,7 @@ def refine_audio(init, data: list, out, cfg_overrides: list[str] | None = None, 
         raise UserError(f"{data[0]}: --refine-audio needs rows written by `mmapps assistant transcribe` (they name "
                         f"their source_audio); found {len(examples)}")
     intents, tags = list(meta["intents"]), list(meta["tags"])
-    unknown = sorted({e["intent"] for e in examples} - set(intents))
-    if unknown:
-        raise UserError(f"{init}: these training intents are not in the checkpoint: {', '.join(unknown[:5])}")
-    vocab_idx = {w: i for i, w in enumerate(meta["vocab"])}
-    samples = _samples(examples, featurize([e["tokens"] for e in examples], vocab_idx, cache_dir=cache_dir(),
-                                           top_layers=base.finetune_layers),
-                       intents, {t: i for i, t in enumerate(tags)})
+    samples = _checkpoint_samples(examples, meta, init, base.finetune_layers)
     for s, e in zip(samples, track(examples, "Whisper encoder states", total=len(examples))):
         s["wstates"] = cached_states(e["source_audio"])
     tr_idx, val_idx = validation_split(len(samples), val_fraction, seed=seed, labels=[e["intent"] for e in examples])
@@ -392,12 +396,7 @@ def refine_audio(init, data: list, out, cfg_overrides: list[str] | None = None, 
     torch.manual_seed(tcfg.seed)
     model = build_model(mcfg)
     state = {k: v for k, v in base_state.items() if not k.startswith(AUDIO_PATH[0])}  # the log-mel CNN goes
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith(AUDIO_PATH[0]) for k in missing):
-        raise UserError(f"{init}: its weights do not fit its own config ({len(unexpected)} unexpected, "
-                        f"{len(missing)} missing)")
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(AUDIO_PATH))
+    _load_to_refine(model, state, init, new=AUDIO_PATH[:1], trainable=AUDIO_PATH)
 
     run_meta = {**meta, "audio_trained": True, "n_train": len(tr), "n_val": len(val),
                 "audio_refined": {"from": str(init), "features": "Whisper base encoder states", "data": used}}
