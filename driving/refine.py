@@ -145,11 +145,13 @@ def _refine_once(refiner: BoxRefiner, ordered, dets: list[dict], cfg: DetectorCo
 
     boxes = np.stack([d["box3d"] for d in dets])
     feats, mask = box_points(ordered[0], boxes, cfg.refine_points, presorted=ordered)
-    out = refiner(torch.from_numpy(feats), torch.from_numpy(mask), torch.tensor(boxes[:, 3:6], dtype=torch.float32),
-                  torch.tensor([cfg.classes.index(d["class"]) for d in dets]),
-                  torch.tensor([d["score"] for d in dets], dtype=torch.float32))
-    refined = apply_residual(boxes, out["residual"].double().numpy())
-    quality = torch.sigmoid(out["iou"]).numpy()
+    dev = next(refiner.parameters()).device  # the pipeline's device (CUDA under --device auto on a GPU machine)
+    out = refiner(torch.from_numpy(feats).to(dev), torch.from_numpy(mask).to(dev),
+                  torch.tensor(boxes[:, 3:6], dtype=torch.float32, device=dev),
+                  torch.tensor([cfg.classes.index(d["class"]) for d in dets], device=dev),
+                  torch.tensor([d["score"] for d in dets], dtype=torch.float32, device=dev))
+    refined = apply_residual(boxes, out["residual"].double().cpu().numpy())
+    quality = torch.sigmoid(out["iou"]).cpu().numpy()
     result = [{**d, "box3d": b.astype(np.float32), "score": float(d["score"] ** (1 - IOU_SCORE_WEIGHT) * q ** IOU_SCORE_WEIGHT)}
               for d, b, q in zip(dets, refined, quality)]
     return rotated_nms(result)
