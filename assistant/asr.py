@@ -140,9 +140,14 @@ def whisper_model_dir() -> Path:
 TOKENS_PER_SECOND = 8
 MAX_TOKENS = 200  # Whisper's 448-token context also holds the prompt
 TRAILING_MIN_PROBABILITY = 0.2
+WINDOW_SECONDS = 30  # Whisper's input window
 
 
 MAX_STATE_FRAMES = 500  # 10 s of speech (states are 20 ms each): SLU commands are short
+
+
+class _SecondWindow(Exception):
+    """Raised by the encoder tap when faster-whisper starts a second 30 s window for audio that fits in one."""
 
 
 class _EncoderTap:
@@ -150,9 +155,11 @@ class _EncoderTap:
     window of the last call): the speech features of the SLU model cost no second encoder pass."""
 
     def __init__(self, encode):
-        self.encode, self.first = encode, None
+        self.encode, self.first, self.one_window = encode, None, False
 
     def __call__(self, features, *args, **kwargs):
+        if self.one_window and self.first is not None:
+            raise _SecondWindow
         out = self.encode(features, *args, **kwargs)
         if self.first is None:
             self.first = np.array(out)[0]  # [1500, 512] float32, a copy off CTranslate2's storage
@@ -193,12 +200,18 @@ class WhisperRecognizer:
         self.model = WhisperRecognizer._models[key]
         self.prompt = prompt or None
         self.beam_size = beam_size
+        self.one_window = True
         self._states = None
 
     def transcribe(self, x: np.ndarray) -> tuple[str, list[dict]]:
         """16 kHz float waveform -> (normalised transcript, [{"word", "start", "end", "probability"}])."""
         x = np.asarray(x, dtype=np.float32)
-        self.model.encode.first, self._states = None, None
+        tap = self.model.encode
+        tap.first, self._states = None, None
+        # With word timestamps faster-whisper re-decodes from the last word's end in a second window whenever the
+        # first did not end on a lone timestamp: for a command that fits one window that second pass (a full
+        # encoder run) only ever sees the trailing pause, where Whisper invents "Hello." or "Thank you."
+        tap.one_window = self.one_window and len(x) <= WINDOW_SECONDS * SAMPLE_RATE
         # Silero VAD (bundled with faster-whisper) first: a tone or noise gives no speech segment instead of a
         # hallucinated sentence; and a token budget from the duration, so a decoding loop cannot run for minutes
         segments, _ = self.model.transcribe(
@@ -206,11 +219,16 @@ class WhisperRecognizer:
             word_timestamps=True, initial_prompt=self.prompt, condition_on_previous_text=False, vad_filter=True,
             max_new_tokens=min(MAX_TOKENS, int(TOKENS_PER_SECOND * len(x) / SAMPLE_RATE) + 16))
         words = []
-        for seg in segments:
-            for w in seg.words or []:
-                for token in normalize_transcript(w.word).split():
-                    words.append({"word": token, "start": round(float(w.start), 2), "end": round(float(w.end), 2),
-                                  "probability": round(float(w.probability), 4)})
+        try:
+            for seg in segments:
+                for w in seg.words or []:
+                    for token in normalize_transcript(w.word).split():
+                        words.append({"word": token, "start": round(float(w.start), 2),
+                                      "end": round(float(w.end), 2), "probability": round(float(w.probability), 4)})
+        except _SecondWindow:
+            pass
+        finally:
+            tap.one_window = False
         words = trim_repetition(words)
         # Whisper adds a word or two after the speech in noise ("... tomorrow hello", p 0.13): drop unsure ones
         for _ in range(2):

@@ -91,6 +91,31 @@ def test_encoder_states_are_kept_from_the_transcription(shared_data):
 
 
 @needs_whisper
+def test_a_command_is_decoded_in_one_window_and_long_audio_whole(monkeypatch):
+    """With word timestamps faster-whisper re-decodes the pause after a short command's last word in a second window
+    (a full encoder run that invents "thank you" there); audio that fits one 30 s window is decoded in one, and
+    longer audio still in as many as it needs."""
+    from assistant.asr import WhisperRecognizer
+    from assistant.io import load_audio
+    from mmapps.paths import data_dir
+
+    rec = WhisperRecognizer()
+    calls = []
+    tap = rec.model.encode
+    inner = tap.encode
+    monkeypatch.setattr(tap, "encode", lambda *a, **k: (calls.append(1), inner(*a, **k))[1])
+    x = load_audio(data_dir() / "assistant/samples/sample2.wav")
+    text, words = rec.transcribe(x)
+    assert len(calls) == 1 and "boston tomorrow" in text and words[-1]["word"] == "tomorrow"
+    assert rec.encoder_states() is not None and not tap.one_window  # the flag never outlives a call
+    calls.clear()
+    gap = np.zeros(8000, np.float32)
+    long = np.concatenate([np.concatenate([x, gap])] * 12)  # 12 commands, ~34 s of speech: two windows
+    text, _ = rec.transcribe(long)
+    assert len(calls) >= 2 and text.endswith("boston tomorrow")  # the last command lies past the first 30 s
+
+
+@needs_whisper
 def test_pure_tone_is_one_error_line_not_a_sentence(tmp_path, tiny_model):
     from typer.testing import CliRunner
 
