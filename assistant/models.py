@@ -3,6 +3,8 @@ offline) -> a sentence encoder and a BiGRU token encoder (pooled vector + per-to
 audio CNN; core fusion and modality dropout; an intent head (+ oos) and an injected BIO token head for slots."""
 from __future__ import annotations
 
+import functools
+
 import os
 from dataclasses import dataclass
 
@@ -424,6 +426,12 @@ def _pad_states(states: list) -> tuple[dict, torch.Tensor]:
 
 def bio_constraints(tags: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """BIO rules as masks: (allowed[prev, cur], start_allowed[cur]); I-X only after B-X or I-X, never first."""
+    allowed, start = _bio_constraints(tuple(tags))  # ~15 ms for SNIPS's 72 tags: once per tag list, not per call
+    return allowed.clone(), start.clone()
+
+
+@functools.lru_cache(maxsize=8)
+def _bio_constraints(tags: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     n = len(tags)
     allowed = torch.ones(n, n, dtype=torch.bool)
     start = torch.ones(n, dtype=torch.bool)
