@@ -109,6 +109,22 @@ def _ellipsoid(z, y, x, c, r):
     return ((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2
 
 
+def _block(z, y, x, lo, hi):
+    """The index slices (z, y, x) of the grid points inside the box lo..hi (mm, z, y, x): drawing a vessel or an
+    emphysema blob only there gives the same voxels as drawing it over the whole volume, at a fraction of the cost
+    (thin-slice scans have 16 M voxels)."""
+    out = []
+    for axis, coord in enumerate((z.ravel(), y.ravel(), x.ravel())):
+        i0 = int(np.searchsorted(coord, lo[axis] - 1e-3, "left"))
+        i1 = int(np.searchsorted(coord, hi[axis] + 1e-3, "right"))
+        out.append(slice(i0, max(i0, i1)))
+    return tuple(out)
+
+
+def _sub(z, y, x, sl):
+    return z[sl[0]], y[:, sl[1]], x[:, :, sl[2]]
+
+
 def _seg_dist(pz, py, px, a, b):
     """Distance of grid points to segment a-b (all in mm)."""
     ab = np.subtract(b, a, dtype=np.float32)
@@ -167,16 +183,19 @@ def render_ct(v: dict, rng: np.random.Generator, shape=(64, 128, 128)):
             lc = lungs[int(rng.integers(0, 2))]
             p = _point_in_lung(rng, lc, None, 0.8, (a, b))
             rr = rng.uniform(10, 22)
-            blob = (_ellipsoid(z, y, x, p, (rr, rr * 0.8, rr * 0.8)) <= 1.0) & lung_mask
-            vol[blob] = -980.0
+            radii = (rr, rr * 0.8, rr * 0.8)
+            sl = _block(z, y, x, np.subtract(p, radii), np.add(p, radii))
+            blob = (_ellipsoid(*_sub(z, y, x, sl), p, radii) <= 1.0) & lung_mask[sl]
+            vol[sl][blob] = -980.0
     # Vessels: tapered tubes branching from each hilum.
     for side, lc in zip((-1, 1), lungs):
         hilum = (0.0, 0.0, side * 38.0)
         for _ in range(7):
             end = _point_in_lung(rng, lc, None, 0.9, (a, b))
             rad = rng.uniform(1.5, 3.5)
-            d = _seg_dist(z, y, x, hilum, end)
-            vol = np.where((d <= rad) & lung_mask, np.float32(35.0), vol)
+            sl = _block(z, y, x, np.minimum(hilum, end) - rad, np.maximum(hilum, end) + rad)
+            d = _seg_dist(*_sub(z, y, x, sl), hilum, end)
+            vol[sl] = np.where((d <= rad) & lung_mask[sl], np.float32(35.0), vol[sl])
     # Nodules: the index nodule carries size/type/spiculation/lobe; extra ones are small and solid.
     nodules = []
     side = int(rng.integers(0, 2))

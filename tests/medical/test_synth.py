@@ -129,3 +129,22 @@ def test_lungs_stay_inside_the_chest_wall():
         lung = labels[(ct > -900) & (ct < -800)]  # lung parenchyma, ~-850 HU
         assert lung.size > 0
         assert not np.isin(lung, list(outside)).any(), f"draw {i}: lung connected to the outside air"
+
+
+def test_vessels_and_blobs_drawn_in_their_box_cover_every_voxel_they_touch():
+    """The renderer draws each vessel and emphysema blob only inside its bounding box (8x faster on thin-slice
+    scans); that is exact only if no voxel within reach of the shape lies outside the box."""
+    from medical.synth import _block, _coords, _ellipsoid, _seg_dist, _sub
+
+    z, y, x, _ = _coords((48, 40, 56))
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        a, b = rng.uniform(-170, 170, 3), rng.uniform(-170, 170, 3)
+        rad = rng.uniform(1.5, 9.0)
+        sl = _block(z, y, x, np.minimum(a, b) - rad, np.maximum(a, b) + rad)
+        full = _seg_dist(z, y, x, a, b) <= rad
+        assert full.sum() == full[sl].sum() and np.array_equal(full[sl], _seg_dist(*_sub(z, y, x, sl), a, b) <= rad)
+        radii = rng.uniform(3, 30, 3)
+        sl = _block(z, y, x, a - radii, a + radii)
+        full = _ellipsoid(z, y, x, a, radii) <= 1.0
+        assert full.sum() == full[sl].sum() and np.array_equal(full[sl], _ellipsoid(*_sub(z, y, x, sl), a, radii) <= 1.0)
