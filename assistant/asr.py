@@ -200,7 +200,7 @@ class WhisperRecognizer:
         self.model = WhisperRecognizer._models[key]
         self.prompt = prompt or None
         self.beam_size = beam_size
-        self.one_window = True
+        self.one_window = True  # False: faster-whisper's own seeking (kept for measuring the difference)
         self._states = None
 
     def transcribe(self, x: np.ndarray) -> tuple[str, list[dict]]:

@@ -4,7 +4,6 @@ audio CNN; core fusion and modality dropout; an intent head (+ oos) and an injec
 from __future__ import annotations
 
 import functools
-
 import os
 from dataclasses import dataclass
 
