@@ -200,7 +200,6 @@ class WhisperRecognizer:
         self.model = WhisperRecognizer._models[key]
         self.prompt = prompt or None
         self.beam_size = beam_size
-        self.one_window = True  # False: faster-whisper's own seeking (kept for measuring the difference)
         self._states = None
 
     def transcribe(self, x: np.ndarray) -> tuple[str, list[dict]]:
@@ -211,7 +210,7 @@ class WhisperRecognizer:
         # With word timestamps faster-whisper re-decodes from the last word's end in a second window whenever the
         # first did not end on a lone timestamp: for a command that fits one window that second pass (a full
         # encoder run) only ever sees the trailing pause, where Whisper invents "Hello." or "Thank you."
-        tap.one_window = self.one_window and len(x) <= WINDOW_SECONDS * SAMPLE_RATE
+        tap.one_window = len(x) <= WINDOW_SECONDS * SAMPLE_RATE
         # Silero VAD (bundled with faster-whisper) first: a tone or noise gives no speech segment instead of a
         # hallucinated sentence; and a token budget from the duration, so a decoding loop cannot run for minutes
         segments, _ = self.model.transcribe(
@@ -234,7 +233,7 @@ class WhisperRecognizer:
         for _ in range(2):
             if len(words) > 1 and words[-1]["probability"] < TRAILING_MIN_PROBABILITY:
                 words = words[:-1]
-        self._states = (self.model.encode.first, x)  # sliced on demand: a text-only model never pays the VAD
+        self._states = (tap.first, x)  # sliced on demand: a text-only model never pays the VAD
         return " ".join(w["word"] for w in words), words
 
     def encoder_states(self) -> np.ndarray | None:
