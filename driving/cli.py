@@ -90,6 +90,7 @@ def train_refiner(data: Path = typer.Argument(..., help="KITTI folder with train
                   epochs: int = typer.Option(30, "--epochs", min=1, max=1000),
                   jitter: int = typer.Option(3, "--jitter", min=0, max=20, help="perturbed copies of each labelled box"),
                   seed: int = typer.Option(0, "--seed", help="validation split and training seed"),
+                  grid: str = typer.Option("", "--grid", help="RoI grid pooling cells LxWxH, e.g. 6x4x2 ('' = global max-pool only)"),
                   json_out: bool = JSON_OPT):
     """Train the second stage (points in each detected box -> a refined box and its IoU) on a frozen detector."""
 
@@ -99,10 +100,25 @@ def train_refiner(data: Path = typer.Argument(..., help="KITTI folder with train
         from .refine import train_refiner as train_fn
 
         check_output_file(out)
-        return train_fn(data, init, out, epochs=epochs, jitter=jitter, seed=seed, quiet=json_out)
+        return train_fn(data, init, out, epochs=epochs, jitter=jitter, seed=seed, grid=parse_grid(grid), quiet=json_out)
 
     res = run_command(go)
     emit_json(res) if json_out else print_table([{k: v for k, v in res.items() if k != "history"}], "driving train-refiner")
+
+
+def parse_grid(text: str) -> tuple:
+    """'6x4x2' -> (6, 4, 2); '' -> () (no grid pooling)."""
+    from mmapps.errors import UserError
+
+    if not text.strip():
+        return ()
+    try:
+        cells = tuple(int(n) for n in text.lower().split("x"))
+    except ValueError:
+        cells = ()
+    if len(cells) != 3 or min(cells) < 1 or max(cells) > 16:
+        raise UserError(f"--grid must be three cell counts 1-16 as LxWxH (e.g. 6x4x2); got {text!r}")
+    return cells
 
 
 # ----------------------------------------------------------------------------------------------- evaluate

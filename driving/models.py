@@ -60,6 +60,10 @@ class DetectorConfig:
     refine: bool = False
     refine_points: int = 128
     refine_passes: int = 2  # the refiner applied again to its own boxes (validation Car AP3D 0.776 -> 0.804)
+    # RoI grid pooling (Part-A2's RoI-aware pooling): the grown box cut into cells along length x width x height,
+    # point features max-pooled per cell, so the refiner knows where in the box its points lie (a bumper's points
+    # at the front end, not just somewhere). Empty: the global max-pool alone (models before 2026-12).
+    refine_grid: tuple = ()
 
     def __post_init__(self):
         for k, v in list(vars(self).items()):
@@ -82,6 +86,11 @@ class DetectorConfig:
         check_range("model.stride", self.stride, 1, 8)
         check_range("model.refine_points", self.refine_points, 8, 4096)
         check_range("model.refine_passes", self.refine_passes, 1, 5)
+        if self.refine_grid:
+            if len(self.refine_grid) != 3:
+                raise UserError(f"model.refine_grid must hold 3 cell counts (length, width, height); got {list(self.refine_grid)}")
+            for n in self.refine_grid:
+                check_range("model.refine_grid", n, 1, 16)
         for name in ("x_range", "y_range", "image_size"):
             value = getattr(self, name)
             if len(value) != 2:
@@ -224,9 +233,13 @@ class BoxRefiner(nn.Module):
 
     A shared per-point MLP and a masked max-pool (PointNet), then the box's log size, class and first-stage score;
     out: 7 residual channels (``driving.refine.encode_residual``) and one IoU logit. ~61 k parameters: 60 boxes of
-    128 points cost ~10 ms on one core."""
+    128 points cost ~10 ms on one core. With ``cfg.refine_grid`` the point features are also max-pooled per cell of
+    the grown box (RoI grid pooling), which keeps where the points are: the ends and sides a box is fitted to."""
 
     POINT_FEATURES = 7  # u, v, z in the box frame (m), the same over the half sizes, reflectance
+    MARGIN_XY = 0.6  # m around the box on each side where points are gathered (the true box can stick out)
+    MARGIN_Z = 0.4
+    GRID_CHANNELS = 32
 
     def __init__(self, cfg: DetectorConfig, width: int = 128):
         super().__init__()
@@ -237,21 +250,44 @@ class BoxRefiner(nn.Module):
             return nn.Sequential(nn.Conv1d(cin, cout, 1, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True))
 
         self.points = nn.Sequential(mlp1d(self.POINT_FEATURES, 64), mlp1d(64, 128), mlp1d(128, width))
-        self.box = nn.Sequential(nn.Linear(width + 3 + nc + 2, 128), nn.ReLU(inplace=True),
+        self.grid = tuple(int(n) for n in cfg.refine_grid)
+        grid_dim = 0
+        if self.grid:
+            cells = self.grid[0] * self.grid[1] * self.grid[2]
+            self.grid_points = mlp1d(width, self.GRID_CHANNELS)
+            self.grid_cells = nn.Sequential(nn.Linear(cells * self.GRID_CHANNELS, 256), nn.ReLU(inplace=True))
+            grid_dim = 256
+        self.box = nn.Sequential(nn.Linear(width + grid_dim + 3 + nc + 2, 128), nn.ReLU(inplace=True),
                                  nn.Linear(128, 128), nn.ReLU(inplace=True))
         self.residual = nn.Linear(128, 7)
         self.iou = nn.Linear(128, 1)
         nn.init.zeros_(self.residual.weight)  # start as the identity: the first-stage box unchanged
         nn.init.zeros_(self.residual.bias)
 
+    def cell_index(self, points, mask, sizes):
+        """[K, P] cell of each point in the grown box (length-major), padding -> one extra cell past the end."""
+        half = sizes.clamp(min=0.05) / 2 + sizes.new_tensor([self.MARGIN_XY, self.MARGIN_XY, self.MARGIN_Z])
+        unit = (points[:, :, :3] / half[:, None, :] + 1) / 2  # 0..1 across the grown box
+        n = points.new_tensor(self.grid)
+        cell = (unit * n).floor().clamp(min=0).minimum(n - 1).long()
+        flat = (cell[..., 0] * self.grid[1] + cell[..., 1]) * self.grid[2] + cell[..., 2]
+        return torch.where(mask, flat, torch.full_like(flat, self.grid[0] * self.grid[1] * self.grid[2]))
+
     def forward(self, points, mask, sizes, classes, scores) -> dict:
         """points [K, P, 7], mask [K, P] bool, sizes [K, 3] (l, w, h of the box), classes [K] long, scores [K]
         -> {"residual": [K, 7], "iou": [K] logits}."""
-        f = self.points(points.transpose(1, 2))  # [K, C, P]
-        f = f.masked_fill(~mask[:, None, :], float("-inf")).amax(2)
+        per_point = self.points(points.transpose(1, 2))  # [K, C, P]
+        f = per_point.masked_fill(~mask[:, None, :], float("-inf")).amax(2)
         f = torch.where(torch.isfinite(f), f, torch.zeros_like(f))  # a box without points: no point evidence
         count = mask.sum(1, keepdim=True).float()
-        g = torch.cat([f, sizes.clamp(min=0.05).log(), F.one_hot(classes, len(self.cfg.classes)).float(),
+        parts = [f]
+        if self.grid:
+            g = self.grid_points(per_point)  # [K, Cg, P], >= 0 after the ReLU, so an empty cell reads 0
+            cells = self.grid[0] * self.grid[1] * self.grid[2]
+            idx = self.cell_index(points, mask, sizes)[:, None, :].expand_as(g)
+            pooled = g.new_zeros(g.shape[0], g.shape[1], cells + 1).scatter_reduce(2, idx, g, "amax")
+            parts.append(self.grid_cells(pooled[:, :, :cells].flatten(1)))
+        g = torch.cat([*parts, sizes.clamp(min=0.05).log(), F.one_hot(classes, len(self.cfg.classes)).float(),
                        scores[:, None], torch.log1p(count) / 5.0], 1)
         h = self.box(g)
         return {"residual": self.residual(h), "iou": self.iou(h)[:, 0]}

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from .geometry import rotated_intersection
 from .models import BoxRefiner, DetectorConfig
 
-MARGIN_XY = 0.6  # m added on each side: the true box can stick out of a proposal that is too small or turned
-MARGIN_Z = 0.4
+MARGIN_XY = BoxRefiner.MARGIN_XY  # m added on each side: the true box can stick out of a proposal too small or turned
+MARGIN_Z = BoxRefiner.MARGIN_Z
 PROPOSAL_THRESH = 0.1  # first-stage score of the boxes the refiner looks at
 IOU_SCORE_WEIGHT = 0.5  # final score = first-stage score^(1 - w) * predicted IoU score^w
 
@@ -308,13 +308,14 @@ def evaluate_refiner(refiner: BoxRefiner, data: dict) -> dict:
 
 
 def train_refiner(data, init, out, epochs: int = 30, jitter: int = 3, seed: int = 0, val_fraction: float = 0.1,
-                  quiet: bool = False) -> dict:
+                  grid: tuple = (), quiet: bool = False) -> dict:
     """Add a trained refiner to a first-stage checkpoint (frozen) and write the result to ``out``.
 
     Args:
         data: labelled KITTI folder (root or training/); the core validation split of it (``val_fraction``,
             ``seed``) is held out: the refiner is measured there, never trained there.
         init: the first-stage driving checkpoint; out: the checkpoint to write (first stage + refiner).
+        grid: cells (length, width, height) of the refiner's RoI grid pooling; () for the global max-pool alone.
     Returns:
         {"out", "epochs", "train_examples", "val_examples", "history" (last epoch), "val_frames"}.
     """
@@ -337,7 +338,8 @@ def train_refiner(data, init, out, epochs: int = 30, jitter: int = 3, seed: int 
     tidx, vidx = validation_split(len(ids), val_fraction, seed=seed)
     first = Pipeline.from_checkpoint(init, device="cpu", score_thresh=PROPOSAL_THRESH)
     first.refine = False
-    cfg = replace(first.config, refine=True)
+    cfg = replace(first.config, refine=True, refine_grid=tuple(grid))
+    cfg.validate()
     train_set = build_refiner_set(split, [ids[i] for i in tidx], first, jitter, seed,
                                   progress=None if quiet else "refiner samples (train)")
     val_set = build_refiner_set(split, [ids[i] for i in vidx], first, jitter, seed + 1,
@@ -352,7 +354,7 @@ def train_refiner(data, init, out, epochs: int = 30, jitter: int = 3, seed: int 
     bundle = load_checkpoint(init)
     meta = {**bundle["meta"], "refiner": {"data": str(split), "train_frames": len(tidx), "val_frames": len(vidx),
                                           "train_examples": len(train_set["iou"]), "epochs": epochs, "jitter": jitter,
-                                          "seed": seed, "first_stage": str(init), "last_epoch": history[-1]}}
+                                          "grid": list(grid), "seed": seed, "first_stage": str(init), "last_epoch": history[-1]}}
     save_checkpoint(out, model, checkpoint_config(cfg), meta)
     return {"out": str(out), "epochs": epochs, "train_examples": len(train_set["iou"]),
             "val_examples": len(val_set["iou"]), "val_frames": len(vidx), "history": history[-1]}

@@ -181,3 +181,64 @@ def test_cropping_the_sweep_before_sorting_changes_nothing(syn_root):
             whole = refine._refine_once(model.refiner, ordered, whole, cfg)
     assert len(dets) > 3 and len(cropped) == len(whole)
     assert all(np.array_equal(a["box3d"], b["box3d"]) and a["score"] == b["score"] for a, b in zip(cropped, whole))
+
+
+def test_grid_pooling_puts_each_point_in_its_cell_of_the_grown_box():
+    cfg = DetectorConfig(refine=True, refine_grid=(4, 2, 2))
+    refiner = BoxRefiner(cfg)
+    size = torch.tensor([[4.0, 2.0, 1.2]])  # grown by the margins: half extents 2.6, 1.6, 1.0
+    pts = torch.zeros(1, 6, 7)
+    pts[0, :, :3] = torch.tensor([[-2.5, -1.5, -0.9],  # rear, right, low corner -> cell (0, 0, 0)
+                                  [2.5, 1.5, 0.9],  # front, left, high -> (3, 1, 1)
+                                  [0.1, -0.1, 0.1],  # just in front of the centre -> (2, 0, 1)
+                                  [-1.0, 0.5, -0.5],  # (1, 1, 0)
+                                  [9.0, 9.0, 9.0],  # outside (clipped to the last cell): (3, 1, 1)
+                                  [0.0, 0.0, 0.0]])  # padding
+    mask = torch.tensor([[True, True, True, True, True, False]])
+    cells = refiner.cell_index(pts, mask, size)[0].tolist()
+
+    def flat(i, j, k):
+        return (i * 2 + j) * 2 + k
+
+    assert cells == [flat(0, 0, 0), flat(3, 1, 1), flat(2, 0, 1), flat(1, 1, 0), flat(3, 1, 1), 16]
+
+
+def test_grid_refiner_ignores_padding_trains_and_round_trips_through_a_checkpoint(tmp_path):
+    from mmapps.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig(refine=True, refine_grid=(6, 4, 2))
+    model = BEVFusionDetector(cfg)
+    refiner = model.refiner.eval()
+    feats, mask = box_points(car_surface(CAR, 60), CAR[None], 128)
+    args = (torch.tensor(CAR[None, 3:6], dtype=torch.float32), torch.tensor([0]), torch.tensor([0.5]))
+    garbage = torch.from_numpy(feats).clone()
+    garbage[~torch.from_numpy(mask)] = 7.0  # what padding holds must not matter
+    with torch.no_grad():
+        a = refiner(torch.from_numpy(feats), torch.from_numpy(mask), *args)
+        b = refiner(garbage, torch.from_numpy(mask), *args)
+    assert torch.allclose(a["iou"], b["iou"]) and torch.allclose(a["residual"], b["residual"])
+    refiner.train()
+    out = refiner(torch.from_numpy(feats).repeat(4, 1, 1), torch.from_numpy(mask).repeat(4, 1),
+                  *(t.repeat(4, *[1] * (t.dim() - 1)) for t in args))
+    out["iou"].sum().backward()
+    assert refiner.grid_cells[0].weight.grad.abs().sum() > 0  # the grid branch learns
+    from driving.train import checkpoint_config
+
+    save_checkpoint(tmp_path / "m.pt", model, checkpoint_config(cfg), {})
+    cfg2 = DetectorConfig.from_dict(load_checkpoint(tmp_path / "m.pt")["config"]["model"])
+    assert cfg2.refine_grid == (6, 4, 2)
+    BEVFusionDetector(cfg2).load_state_dict(model.state_dict())  # strict: same tensors
+
+
+def test_refine_grid_is_validated():
+    from mmapps.errors import UserError
+
+    from driving.cli import parse_grid
+
+    assert parse_grid("6x4x2") == (6, 4, 2) and parse_grid("") == ()
+    for bad in ("6x4", "0x4x2", "axbxc", "6x4x99"):
+        with pytest.raises(UserError, match="--grid"):
+            parse_grid(bad)
+    with pytest.raises(UserError, match="refine_grid"):
+        DetectorConfig(refine_grid=(6, 4)).validate()
