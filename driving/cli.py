@@ -90,7 +90,7 @@ def train_refiner(data: Path = typer.Argument(..., help="KITTI folder with train
                   epochs: int = typer.Option(30, "--epochs", min=1, max=1000),
                   jitter: int = typer.Option(3, "--jitter", min=0, max=20, help="perturbed copies of each labelled box"),
                   seed: int = typer.Option(0, "--seed", help="validation split and training seed"),
-                  grid: str = typer.Option("", "--grid", help="RoI grid pooling cells LxWxH, e.g. 6x4x2 ('' = global max-pool only)"),
+                  grid: str = typer.Option("6x4x2", "--grid", help="RoI grid pooling cells LxWxH ('' = the global max-pool alone)"),
                   json_out: bool = JSON_OPT):
     """Train the second stage (points in each detected box -> a refined box and its IoU) on a frozen detector."""
 

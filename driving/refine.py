@@ -308,7 +308,7 @@ def evaluate_refiner(refiner: BoxRefiner, data: dict) -> dict:
 
 
 def train_refiner(data, init, out, epochs: int = 30, jitter: int = 3, seed: int = 0, val_fraction: float = 0.1,
-                  grid: tuple = (), quiet: bool = False) -> dict:
+                  grid: tuple = (6, 4, 2), quiet: bool = False) -> dict:
     """Add a trained refiner to a first-stage checkpoint (frozen) and write the result to ``out``.
 
     Args:
