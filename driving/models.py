@@ -16,6 +16,7 @@ Built for <= 100 ms per full KITTI frame on one CPU core:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -252,11 +253,11 @@ class BoxRefiner(nn.Module):
 
         self.points = nn.Sequential(mlp1d(self.POINT_FEATURES, 64), mlp1d(64, 128), mlp1d(128, width))
         self.grid = tuple(int(n) for n in cfg.refine_grid)
+        self.cells = math.prod(self.grid) if self.grid else 0
         grid_dim = 0
         if self.grid:
-            cells = self.grid[0] * self.grid[1] * self.grid[2]
             self.grid_points = mlp1d(width, self.GRID_CHANNELS)
-            self.grid_cells = nn.Sequential(nn.Linear(cells * self.GRID_CHANNELS, 256), nn.ReLU(inplace=True))
+            self.grid_cells = nn.Sequential(nn.Linear(self.cells * self.GRID_CHANNELS, 256), nn.ReLU(inplace=True))
             grid_dim = 256
         self.box = nn.Sequential(nn.Linear(width + grid_dim + 3 + nc + 2, 128), nn.ReLU(inplace=True),
                                  nn.Linear(128, 128), nn.ReLU(inplace=True))
@@ -272,7 +273,7 @@ class BoxRefiner(nn.Module):
         n = points.new_tensor(self.grid)
         cell = (unit * n).floor().clamp(min=0).minimum(n - 1).long()
         flat = (cell[..., 0] * self.grid[1] + cell[..., 1]) * self.grid[2] + cell[..., 2]
-        return torch.where(mask, flat, torch.full_like(flat, self.grid[0] * self.grid[1] * self.grid[2]))
+        return torch.where(mask, flat, torch.full_like(flat, self.cells))
 
     def forward(self, points, mask, sizes, classes, scores) -> dict:
         """points [K, P, 7], mask [K, P] bool, sizes [K, 3] (l, w, h of the box), classes [K] long, scores [K]
@@ -284,11 +285,10 @@ class BoxRefiner(nn.Module):
         parts = [f]
         if self.grid:
             cell_features = self.grid_points(per_point)  # [K, Cg, P], >= 0 after the ReLU: an empty cell reads 0
-            cells = self.grid[0] * self.grid[1] * self.grid[2]
             idx = self.cell_index(points, mask, sizes)[:, None, :].expand_as(cell_features)
-            pooled = cell_features.new_zeros(*cell_features.shape[:2], cells + 1).scatter_reduce(
+            pooled = cell_features.new_zeros(*cell_features.shape[:2], self.cells + 1).scatter_reduce(
                 2, idx, cell_features, "amax")  # padding lands in the spare last cell, dropped here
-            parts.append(self.grid_cells(pooled[:, :, :cells].flatten(1)))
+            parts.append(self.grid_cells(pooled[:, :, :self.cells].flatten(1)))
         g = torch.cat([*parts, sizes.clamp(min=0.05).log(), F.one_hot(classes, len(self.cfg.classes)).float(),
                        scores[:, None], torch.log1p(count) / 5.0], 1)
         h = self.box(g)
