@@ -264,8 +264,9 @@ def synth_sequence(args) -> list[str]:
 
 
 PROGRESS = "synth_progress.json"
-SIM_VERSION = 3  # bump when the generator changes what a seed produces (2: the randomised world of 2026-11-29;
-# 3: KITTI class sizes, porous vegetation: ragged hedges, bushes and crowns whose hits scatter in depth)
+SIM_VERSION = 4  # bump when the generator changes what a seed produces (2: the randomised world of 2026-11-29;
+# 3: KITTI class sizes, porous vegetation: ragged hedges, bushes and crowns whose hits scatter in depth;
+# 4: a 4 % share of two-seat city cars)
 
 
 def _progress_path(split: Path, shard) -> Path:

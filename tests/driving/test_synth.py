@@ -167,3 +167,17 @@ def test_kitti_car_sizes_and_porous_vegetation():
     w, h = near[near[:, 1] < 0], near[near[:, 1] > 0]
     assert len(w) > 100 and 0.3 * len(w) < len(h) < 0.85 * len(w)
     assert np.std(w[:, 0]) < 0.1 and np.std(h[:, 0]) > 0.5 * FOLIAGE_DEPTH
+
+
+def test_two_seat_city_cars_are_drawn():
+    """Simulator 4: a few Cars are two-seaters (2.4-3.0 m long): the Gaussian alone makes 1.6 % of Cars that short."""
+    from driving.scene import MICROCAR_SHARE, MICROCAR_SIZE, make_scene
+
+    cars = np.array([t.box[3:6] for k in range(40) for t, kind in make_scene(np.random.default_rng([4, k]), 1)[1]
+                     if kind == "Car"])
+    (l_lo, l_hi), (w_lo, w_hi), (h_lo, h_hi) = MICROCAR_SIZE
+    two_seat = (cars[:, 0] <= l_hi) & (cars[:, 1] >= w_lo) & (cars[:, 1] <= w_hi) & (cars[:, 2] >= h_lo) & \
+        (cars[:, 2] <= h_hi)
+    assert len(cars) > 300
+    assert 0.5 * MICROCAR_SHARE < two_seat.mean() < 2.5 * MICROCAR_SHARE
+    assert (cars[two_seat, 0] >= l_lo).all()
