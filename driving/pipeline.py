@@ -137,7 +137,8 @@ class Pipeline(BasePipeline):
         else:
             from .refine import refine_detections
 
-            dets = refine_detections(refiner, frame.points, self._proposals(outputs, frame), self.config)
+            dets = refine_detections(refiner, frame.points, self._proposals(outputs, frame), self.config,
+                                     self.score_thresh)
         return [d for d in dets if d["score"] >= self.score_thresh and in_camera_view(d["box3d"], frame)]
 
     def _refiner(self):

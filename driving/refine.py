@@ -123,10 +123,16 @@ def box_points(points: np.ndarray, boxes: np.ndarray, n: int, rng: np.random.Gen
 
 # ----------------------------------------------------------------------------------------------- inference
 @torch.no_grad()
-def refine_detections(refiner: BoxRefiner, points: np.ndarray, dets: list[dict], cfg: DetectorConfig) -> list[dict]:
+def refine_detections(refiner: BoxRefiner, points: np.ndarray, dets: list[dict], cfg: DetectorConfig,
+                      score_thresh: float = 0.0) -> list[dict]:
     """First-stage detections -> refined boxes, re-scored by the predicted IoU, de-duplicated again (two
     proposals on one object can converge on the same box). ``cfg.refine_passes`` times: each pass starts from the
-    boxes of the one before (the refiner is trained on errors from large to small, so a second look still helps)."""
+    boxes of the one before (the refiner is trained on errors from large to small, so a second look still helps).
+
+    ``score_thresh``: the caller's final score floor. A pass scores a box at most score^(1 - w) (the IoU factor is
+    <= 1), so a box that cannot reach the floor in the passes left is not refined again: the boxes scoring >=
+    ``score_thresh`` come out exactly as without it (the greedy NMS never lets a lower-scoring box suppress a
+    higher one), and the last pass no longer refines the many weak boxes the caller would drop (tested)."""
     if not dets:
         return dets
     # only the points near some box need sorting (a full sweep is 360 degrees, the boxes are in the camera view)
@@ -135,7 +141,10 @@ def refine_detections(refiner: BoxRefiner, points: np.ndarray, dets: list[dict],
     lo, hi = boxes[:, :2].min(0) - reach, boxes[:, :2].max(0) + reach
     near = (points[:, 0] >= lo[0]) & (points[:, 0] <= hi[0]) & (points[:, 1] >= lo[1]) & (points[:, 1] <= hi[1])
     ordered = sort_by_x(points[near])
-    for _ in range(cfg.refine_passes):
+    for left in range(cfg.refine_passes, 0, -1):
+        dets = [d for d in dets if d["score"] ** ((1 - IOU_SCORE_WEIGHT) ** left) >= score_thresh]
+        if not dets:
+            break
         dets = _refine_once(refiner, ordered, dets, cfg)
     return dets
 

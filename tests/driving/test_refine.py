@@ -242,3 +242,28 @@ def test_refine_grid_is_validated():
             parse_grid(bad)
     with pytest.raises(UserError, match="refine_grid"):
         DetectorConfig(refine_grid=(6, 4)).validate()
+
+
+def test_weak_boxes_skip_the_last_pass_without_changing_the_result(syn_root, monkeypatch):
+    """With the caller's score floor, boxes that cannot reach it are not refined again; every box at or above the
+    floor is the same as when all boxes go through every pass (the refiner sees each box on its own)."""
+    from driving import refine
+    from driving.pipeline import Pipeline
+
+    pipe = Pipeline.from_checkpoint()
+    frame = io.load_frame(io.resolve_split(syn_root), "000000")
+    with torch.no_grad():
+        proposals = pipe._proposals(pipe._forward(pipe.preprocess(frame)), frame)
+    seen = []
+    real_pass = refine._refine_once
+    monkeypatch.setattr(refine, "_refine_once", lambda r, o, d, c: seen.append(len(d)) or real_pass(r, o, d, c))
+    floor = 0.3
+    everything = [d for d in refine_detections(pipe.model.refiner, frame.points, proposals, pipe.config)
+                  if d["score"] >= floor]
+    pruned = refine_detections(pipe.model.refiner, frame.points, proposals, pipe.config, floor)
+    full_last, pruned_last = seen[pipe.config.refine_passes - 1], seen[-1]
+    assert everything and pruned_last < full_last  # the floor saved work ...
+    kept = [d for d in pruned if d["score"] >= floor]  # ... and changed nothing (up to float rounding of the batch)
+    assert [d["class"] for d in everything] == [d["class"] for d in kept]
+    np.testing.assert_allclose([d["box3d"] for d in everything], [d["box3d"] for d in kept], atol=1e-5)
+    np.testing.assert_allclose([d["score"] for d in everything], [d["score"] for d in kept], atol=1e-6)
