@@ -22,7 +22,7 @@ SIZES = {  # (mean l, w, h), std
     "Van": ((5.0, 1.95, 2.1), (0.4, 0.08, 0.15)),  # labelled, but a neighbour class: teaches "not every box is a Car"
     "Truck": ((9.0, 2.5, 3.2), (1.5, 0.1, 0.3)),  # labelled Truck (another KITTI class): big boxes are not Cars
 }
-# Two-seat city cars (2.5-3 m) are far outside the Gaussian above (4 sigma short) yet common in European cities: a
+# Two-seat city cars (2.4-3.0 m) lie 2-3.6 sigma below the Car Gaussian above yet are common in European cities: a
 # small share of Cars is drawn from their own size range so the detector learns that such a short box is a Car too.
 MICROCAR_SHARE = 0.04
 MICROCAR_SIZE = ((2.4, 3.0), (1.5, 1.65), (1.45, 1.6))  # uniform ranges of l, w, h

@@ -170,7 +170,8 @@ def test_kitti_car_sizes_and_porous_vegetation():
 
 
 def test_two_seat_city_cars_are_drawn():
-    """Simulator 4: a few Cars are two-seaters (2.4-3.0 m long): the Gaussian alone makes 1.6 % of Cars that short."""
+    """Simulator 4: a few Cars are two-seaters (2.4-3.0 m long); the Gaussian alone puts 0.5 % of these scenes' Cars
+    in that size box."""
     from driving.scene import MICROCAR_SHARE, MICROCAR_SIZE, make_scene
 
     cars = np.array([t.box[3:6] for k in range(40) for t, kind in make_scene(np.random.default_rng([4, k]), 1)[1]
