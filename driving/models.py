@@ -236,7 +236,8 @@ class BoxRefiner(nn.Module):
     out: 7 residual channels (``driving.refine.encode_residual``) and one IoU logit. With ``cfg.refine_grid`` the
     point features are also max-pooled per cell of the grown box (RoI grid pooling), which keeps where the points are:
     the ends and sides a box is fitted to. ~61 k parameters without the grid, 491 k with 6 x 4 x 2 cells; two passes
-    over a real frame's proposals cost ~30-35 ms on one core (the first stage ~32 ms)."""
+    over all of a real frame's proposals cost ~30-35 ms on one core (the first stage ~32 ms); ``refine_detections``
+    skips the second pass for boxes that cannot reach the caller's score floor."""
 
     POINT_FEATURES = 7  # u, v, z in the box frame (m), the same over the half sizes, reflectance
     MARGIN_XY = 0.6  # m around the box on each side where points are gathered (the true box can stick out)
