@@ -37,6 +37,8 @@ def synth(out: Path = typer.Argument(..., help="output folder (new)"),
           seed: int = typer.Option(0, "--seed", help="random seed (same seed -> byte-identical output)"),
           shape: str = typer.Option("64x128x128", "--shape", help="CT size: slices x rows x cols"),
           mri_fraction: float = typer.Option(0.4, "--mri-fraction", help="share of patients with an MRI"),
+          store: str = typer.Option("dicom", "--store", help="dicom: the scans as DICOM series; inputs: only what "
+                                    "the default model reads from them (~0.3 MB instead of 33 MB for a 256^3 CT)"),
           workers: int = WORKERS_OPT,
           shard: Optional[str] = SHARD_OPT,
           json_out: bool = JSON_OPT):
@@ -49,7 +51,8 @@ def synth(out: Path = typer.Argument(..., help="output folder (new)"),
         from .synth import parse_shape, synth_cohort
 
         check_output_dir(out)
-        res = synth_cohort(out, patients, seed, parse_shape(shape), mri_fraction, workers, parse_shard(shard))
+        res = synth_cohort(out, patients, seed, parse_shape(shape), mri_fraction, workers, parse_shard(shard),
+                           store)
         _show("medical synth", res, json_out)
 
     _run(go)

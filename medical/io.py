@@ -346,10 +346,7 @@ def write_dicom_series(out_dir: Path, volume: np.ndarray, spacing, *, modality: 
     dz, dy, dx = spacing
     D, H, W = volume.shape
     sop_class = CT_STORAGE if modality == "CT" else MR_STORAGE
-    if modality == "CT":
-        stored = np.clip(np.round(volume + 1024.0), 0, 4095).astype(np.uint16)  # intercept -1024, slope 1
-    else:
-        stored = np.clip(np.round(volume), 0, 4095).astype(np.uint16)
+    stored = _stored_values(volume, modality)
     z0 = -(D - 1) * dz / 2.0
     for k in range(D):
         meta = FileMetaDataset()
@@ -397,6 +394,30 @@ def write_dicom_series(out_dir: Path, volume: np.ndarray, spacing, *, modality: 
             ds.EchoTime, ds.RepetitionTime = "15", "500"
         ds.PixelData = stored[k].tobytes()
         ds.save_as(out_dir / f"{k + 1:04d}.dcm", enforce_file_format=True)
+
+
+def _stored_values(volume: np.ndarray, modality: str) -> np.ndarray:
+    """The 12-bit pixel values ``write_dicom_series`` stores (CT: intercept -1024, slope 1)."""
+    offset = 1024.0 if modality == "CT" else 0.0
+    return np.clip(np.round(volume + offset), 0, 4095).astype(np.uint16)
+
+
+def as_read_back(volume: np.ndarray, spacing, *, modality: str, source: str, patient_id: str,
+                 description: str = "") -> Volume:
+    """The Volume ``load_dicom`` returns for a series ``write_dicom_series`` wrote, without writing it: the same
+    12-bit values, header-rounded spacing and positions, affine and tags (tested equal). Lets the synthetic cohort
+    keep only what the model reads from a thin-slice scan instead of 33 MB of DICOM per patient."""
+    D, H, W = volume.shape
+    dz, dy, dx = float(f"{spacing[0]:.3f}"), float(f"{spacing[1]:.4f}"), float(f"{spacing[2]:.4f}")
+    origin = [float(f"{-(W - 1) * spacing[2] / 2:.3f}"), float(f"{-(H - 1) * spacing[1] / 2:.3f}"),
+              float(f"{-(D - 1) * spacing[0] / 2:.3f}")]
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = [0, 0, dz], [0, dy, 0], [dx, 0, 0], origin
+    offset = 1024.0 if modality == "CT" else 0.0
+    array = _stored_values(volume, modality).astype(np.float32) - np.float32(offset)
+    tags = {"BodyPartExamined": "", "PatientID": patient_id, "StudyDate": "20250101", "StudyDescription": "",
+            "SeriesDescription": description}
+    return Volume(array, (dz, dy, dx), modality, source, [], affine, tags)
 
 
 # Patient records live in records.py; re-exported here so "io" stays the one door to real formats.

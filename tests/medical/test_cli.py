@@ -59,6 +59,7 @@ def test_bad_inputs(shared_data, tiny_model, tmp_path):
         ["evaluate", str(tmp_path)],
         ["synth", str(tmp_path / "s"), "--patients", "2", "--shard", "3/2"],
         ["synth", str(tmp_path / "s"), "--patients", "2", "--shape", "1x2"],
+        ["synth", str(tmp_path / "s"), "--patients", "2", "--store", "nifti"],
         ["train-detector", "--out", str(tmp_path / "s"), "--scans", "2"],
     ]
     for args in cases:
