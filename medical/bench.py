@@ -64,7 +64,8 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
               froc_scans: int | None = None):
     """The medical benchmark (DESIGN section 5) as a ``BenchReport``.
 
-    ``cohort``: reuse a cohort already written by ``synth_cohort(..., seed=BENCH_SEED)`` (saves minutes);
+    ``cohort``: reuse a cohort already written by ``synth_cohort(..., seed=BENCH_SEED, shape=BENCH_SHAPE,
+    store="inputs")`` (saves half an hour);
     ``dataset``: its studies already read (``evaluate``'s CohortDataset); ``froc_scans``: scans for the FROC.
     """
     from mmapps.bench import BenchReport, median_seconds
@@ -117,8 +118,9 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
     if cohort_made:
         report.add(f"bench cohort: rendering + reading a {size} study (s per study, {workers} workers)",
                    synth_s / ev["n"])
-    froc = detection_froc(froc_scans or (10 if quick else 40), seed=FROC_SEED)
-    report.add(f"nodule sensitivity >= 6 mm at 2 false/scan (FROC, {froc['scans']} scans, {froc['targets']} nodules)",
+    froc = detection_froc(froc_scans or (10 if quick else 40), seed=FROC_SEED, shape=shape)
+    report.add(f"nodule sensitivity >= 6 mm at 2 false/scan (FROC, {froc['scans']} {size} scans, "
+               f"{froc['targets']} nodules)",
                froc["sensitivity_at_fp"]["2"], FROC_SENSITIVITY)
     report.add("every candidate (FROC's end): sensitivity >= 6 mm / false per scan",
                f"{froc['candidates_sensitivity']:.2f} / {froc['candidates_false_per_scan']:.2f}")
