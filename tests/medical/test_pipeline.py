@@ -84,6 +84,7 @@ def test_evaluate_metrics_and_ablations(tiny_model, tiny_cohort):
     assert res["n"] == 12
     for k in ("auroc", "auprc", "brier", "ece", "sensitivity_at_90_specificity", "oracle_auroc"):
         assert k in res
+    assert set(res["expected_over_label_draws"]) == {"fused", "oracle"}
     assert 0 <= res["brier"] <= 1 and 0 <= res["ece"] <= 1
     assert set(res["ablations"]) == {"ct", "mri", "record"}
     parts = res["component_ablations"]
@@ -247,3 +248,15 @@ def test_merge_cohorts_script_makes_one_readable_cohort(tiny_cohort, tmp_path):
     assert len(merged) == len(original) + 5
     assert len({r["patient_id"] for r in merged}) == len(merged)  # prefixed, unique
     assert all((merged_root / r["ct"]).is_dir() and Path(r["ct"]).is_absolute() for r in merged)
+
+
+def test_expected_auroc_over_label_draws_ranks_the_generating_probability_first():
+    from medical.evaluate import expected_aurocs
+
+    rng = np.random.default_rng(1)
+    oracle = rng.uniform(0.02, 0.9, 600)
+    noisy = oracle + rng.normal(0, 0.25, 600)
+    res = expected_aurocs(oracle, {"oracle": oracle, "noisy": noisy, "random": rng.random(600)}, draws=100)
+    assert res["oracle"] > res["noisy"] > res["random"]
+    assert 0.45 < res["random"] < 0.55 and 0.7 < res["oracle"] < 0.95
+    assert np.isnan(expected_aurocs(np.zeros(5), {"x": np.arange(5.0)}, draws=3)["x"])  # never both classes
