@@ -65,8 +65,9 @@ def is_stored_inputs(path: str) -> bool:
 
 def study_inputs(ct, mri, cfg: ModelConfig) -> dict:
     """What the model reads from one study, as ``load_sample`` would compute it from the scans: the CT read (gate,
-    nodules) and cut into up to MAX_NODULES_PER_STUDY nodule inputs, the MRI normalised. ``synth --store inputs``
-    writes this (~0.3 MB) instead of the DICOM series (33 MB for a 1.25 mm scan)."""
+    nodules) and cut into up to MAX_NODULES_PER_STUDY nodule inputs ("ct", empty when the gate refused the scan;
+    its verdict in "ct_assessable"), the MRI normalised. ``synth --store inputs`` writes this (~0.3 MB) instead of
+    the DICOM series (33 MB for a 1.25 mm scan)."""
     out = {"format": STORED_INPUTS_FORMAT, **{k: getattr(cfg, k) for k in _STORED_SETTINGS}, "ct": [], "mri": None}
     if ct is not None:
         analysis = analyse_ct(ct)
