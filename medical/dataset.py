@@ -25,9 +25,16 @@ def load_sample(root: Path, row: dict, cfg: ModelConfig, with_targets: bool = Tr
     left out (the sample keeps its other modalities)."""
     sample: dict = {"meta": {"patient_id": row.get("patient_id", "")}}
     cts: list[dict] = []
+    stored: dict = {}  # a stored cohort's CT and MRI columns name the same file: read it once
+
+    def stored_inputs(rel: str) -> dict:
+        if rel not in stored:
+            stored[rel] = load_stored_inputs(root / rel, cfg)
+        return stored[rel]
+
     if "ct" in cfg.modalities and row.get("ct"):
         if is_stored_inputs(row["ct"]):
-            cts = load_stored_inputs(root / row["ct"], cfg)["ct"]
+            cts = stored_inputs(row["ct"])["ct"]
         else:
             analysis = _analysis(str(root / row["ct"]))
             if analysis["scan"].assessable:
@@ -35,7 +42,7 @@ def load_sample(root: Path, row: dict, cfg: ModelConfig, with_targets: bool = Tr
         cts = cts[:MAX_NODULES_PER_STUDY] if all_nodules else cts[:1]
     if "mri" in cfg.modalities and row.get("mri"):
         if is_stored_inputs(row["mri"]):
-            sample["mri"] = load_stored_inputs(root / row["mri"], cfg)["mri"]
+            sample["mri"] = stored_inputs(row["mri"])["mri"]
         else:
             sample["mri"] = preprocess_mri(load_mri(root / row["mri"]), cfg.mri_grid).half()
     if "record" in cfg.modalities and row.get("record"):

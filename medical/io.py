@@ -396,10 +396,13 @@ def write_dicom_series(out_dir: Path, volume: np.ndarray, spacing, *, modality: 
         ds.save_as(out_dir / f"{k + 1:04d}.dcm", enforce_file_format=True)
 
 
+def _stored_offset(modality: str) -> float:
+    return 1024.0 if modality == "CT" else 0.0  # CT: rescale intercept -1024, slope 1
+
+
 def _stored_values(volume: np.ndarray, modality: str) -> np.ndarray:
-    """The 12-bit pixel values ``write_dicom_series`` stores (CT: intercept -1024, slope 1)."""
-    offset = 1024.0 if modality == "CT" else 0.0
-    return np.clip(np.round(volume + offset), 0, 4095).astype(np.uint16)
+    """The 12-bit pixel values ``write_dicom_series`` stores."""
+    return np.clip(np.round(volume + _stored_offset(modality)), 0, 4095).astype(np.uint16)
 
 
 def as_read_back(volume: np.ndarray, spacing, *, modality: str, source: str, patient_id: str,
@@ -413,8 +416,7 @@ def as_read_back(volume: np.ndarray, spacing, *, modality: str, source: str, pat
               float(f"{-(D - 1) * spacing[0] / 2:.3f}")]
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = [0, 0, dz], [0, dy, 0], [dx, 0, 0], origin
-    offset = 1024.0 if modality == "CT" else 0.0
-    array = _stored_values(volume, modality).astype(np.float32) - np.float32(offset)
+    array = _stored_values(volume, modality).astype(np.float32) - np.float32(_stored_offset(modality))
     tags = {"BodyPartExamined": "", "PatientID": patient_id, "StudyDate": "20250101", "StudyDescription": "",
             "SeriesDescription": description}
     return Volume(array, (dz, dy, dx), modality, source, [], affine, tags)
