@@ -157,18 +157,19 @@ def evaluate_speech(pipe, examples: list[dict]) -> dict:
     from .asr import transcript_confidence, wer_form
     from .io import SAMPLE_RATE, load_audio
 
-    hyps, feats, confs = [], [], []
+    hyps, feats, confs, nbest = [], [], [], []
     for e in track(examples, "recognising speech", total=len(examples)):
         x = load_audio(e["audio"])
         text, words = pipe.asr.transcribe(x)
         hyps.append(text)
         confs.append(transcript_confidence(text, words, len(x) / SAMPLE_RATE))
         feats.append(pipe.speech_features(x))
-    preds = pipe.predict([h.split() or None for h in hyps], feats, asr_confidences=confs)
+        nbest.append(pipe.asr.nbest() if hasattr(pipe.asr, "nbest") else None)
+    preds = pipe.predict([h.split() or None for h in hyps], feats, asr_confidences=confs, hypotheses=nbest)
     out = {"n": len(examples), "mode": f"speech ({pipe.asr_name} ASR -> NLU)"}
     out.update(intent_metrics([e["intent"] for e in examples], [p["intent"] for p in preds]))
     if any(feats):  # the ablation: the same transcripts without the audio branch
-        text_only = pipe.predict([h.split() or None for h in hyps], asr_confidences=confs)
+        text_only = pipe.predict([h.split() or None for h in hyps], asr_confidences=confs, hypotheses=nbest)
         out["intent_accuracy_transcript_only"] = intent_metrics([e["intent"] for e in examples],
                                                                 [p["intent"] for p in text_only])["intent_accuracy"]
     ref_slots = [reference_slots(e) for e in examples]

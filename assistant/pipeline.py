@@ -151,7 +151,7 @@ class Pipeline(BasePipeline):
     # -- batch prediction (evaluation, bench) ------------------------------------------------------------
     @torch.no_grad()
     def predict(self, token_lists: list[list[str] | None], audio: list | None = None, batch_size: int = 64,
-                asr_confidences: list | None = None) -> list[dict]:
+                asr_confidences: list | None = None, hypotheses: list | None = None) -> list[dict]:
         """Batch prediction.
 
         Args:
@@ -159,11 +159,14 @@ class Pipeline(BasePipeline):
             audio: per item its audio features as ``speech_features`` returns them (or None / {}).
             asr_confidences: per item the ASR's confidence (or None); below the checkpoint's minimum the item is
                 rejected as not understood.
+            hypotheses: per item the ASR's n best [(transcript, posterior)] (``asr.nbest()``) or None: the intent
+                and out-of-scope decision then weighs every hypothesis (the slots stay those of ``token_lists``).
         Returns:
             per item {"intent", "best_in_scope", "confidence", "out_of_scope", "tags", "slots", "modality_weights"}.
         """
         audio = audio or [None] * len(token_lists)
         asr_confidences = asr_confidences or [None] * len(token_lists)
+        hypotheses = hypotheses or [None] * len(token_lists)
         have = [i for i, t in enumerate(token_lists) if t]
         feats = [{"ids": [], "wvec": None, "sent": None} for _ in token_lists]
         if have:
@@ -175,8 +178,27 @@ class Pipeline(BasePipeline):
             items = [{**feats[i], **(audio[i] or {})} for i in range(s, min(s + batch_size, len(feats)))]
             out = self._forward({"batch": collate(items)})
             toks = [(token_lists[i] or [])[:64] for i in range(s, s + len(items))]
-            results += self._decode(out, toks, asr_confidences[s:s + len(items)])
+            mixtures = [self._hypothesis_mixture(hypotheses[i], audio[i]) for i in range(s, s + len(items))]
+            results += self._decode(out, toks, asr_confidences[s:s + len(items)], mixtures)
         return results
+
+    @torch.no_grad()
+    def _hypothesis_mixture(self, hypotheses: list | None, audio: dict | None = None) -> torch.Tensor | None:
+        """P(intent) averaged over the ASR's n best transcripts, each weighted by its posterior within the beam
+        (the n-best expected posterior): a word the best transcript misheard is often right in the next one, and
+        an out-of-domain request stays out of scope when no reading of it is a SNIPS command. None for fewer than
+        two hypotheses."""
+        from mmapps.data import move_to
+
+        hyps = [(tokenize(t)[:64], w) for t, w in hypotheses or [] if tokenize(t)]
+        if len(hyps) < 2:
+            return None
+        feats = featurize([t for t, _ in hyps], self.vocab, self.embedder, top_layers=self.config.finetune_layers)
+        out = self.model(move_to(collate([{**f, **(audio or {})} for f in feats]), self.device))
+        check_finite_output(out["outputs"], "assistant model output")
+        probs = torch.softmax(out["outputs"]["intent"].float(), -1).cpu()
+        w = torch.tensor([w for _, w in hyps], dtype=torch.float32)
+        return (w[:, None] * probs).sum(0) / w.sum()
 
     def speech_features(self, x: np.ndarray) -> dict:
         """The audio branch's input for a waveform just transcribed by ``self.asr``: {"wstates": Whisper encoder
@@ -208,7 +230,7 @@ class Pipeline(BasePipeline):
         if audio is not None:
             self.asr
         t0 = time.perf_counter()
-        x, words, transcript, feats, conf, name = None, [], None, {}, None, "<audio>"
+        x, words, transcript, feats, conf, name, hyps = None, [], None, {}, None, "<audio>", None
         if audio is not None:
             if isinstance(audio, (str, Path)):
                 name, x = str(audio), load_audio(audio, raw=raw)
@@ -221,9 +243,11 @@ class Pipeline(BasePipeline):
                 raise UserError(f"{name}: no speech recognised in the audio ({len(x) / SAMPLE_RATE:.2f} s)")
             conf = transcript_confidence(transcript, words, len(x) / SAMPLE_RATE)
             feats = self.speech_features(x)
+            hyps = self.asr.nbest() if hasattr(self.asr, "nbest") else None
         tokens = tokenize(text) if text is not None else tokenize(transcript or "")
         return {"x": x, "transcript": transcript, "words": words, "tokens": tokens, "audio": feats,
-                "asr_confidence": conf if text is None else None, "text": text, "t0": t0}
+                "asr_confidence": conf if text is None else None, "hypotheses": hyps if text is None else None,
+                "text": text, "t0": t0}
 
     def _forward(self, inputs: dict) -> dict:
         """{"batch": collate(...)} or preprocess() output -> the FusionModel outputs (logits [B, K], tags
@@ -244,7 +268,8 @@ class Pipeline(BasePipeline):
     def postprocess(self, outputs: dict, inputs: dict) -> dict:
         """-> {"transcript", "intent", "confidence", "slots", "out_of_scope", "reply", "rtf", "latency_ms",
         "words", "asr", "asr_confidence", "modality_weights"}."""
-        r = self._decode(outputs, [inputs["tokens"][:64]], [inputs["asr_confidence"]])[0]
+        mixture = self._hypothesis_mixture(inputs.get("hypotheses"), inputs["audio"])
+        r = self._decode(outputs, [inputs["tokens"][:64]], [inputs["asr_confidence"]], [mixture])[0]
         dt = time.perf_counter() - inputs["t0"]
         x = inputs["x"]
         not_heard = r.get("reason") == "asr_low_confidence"
@@ -267,14 +292,16 @@ class Pipeline(BasePipeline):
         """
         return self(audio=audio, text=text, raw=raw)
 
-    def _decode(self, out: dict, token_lists: list[list[str]], asr_confidences: list) -> list[dict]:
+    def _decode(self, out: dict, token_lists: list[list[str]], asr_confidences: list,
+                mixtures: list | None = None) -> list[dict]:
         probs = torch.softmax(out["outputs"]["intent"].float(), -1).cpu()
+        mixtures = mixtures or [None] * len(token_lists)
         tag_ids = decode_tags(self.model, out["outputs"]["tags"], self.tags, [len(t) for t in token_lists])
         weights = {k: v.detach().cpu() for k, v in (out.get("weights") or {}).items()}
         oos_idx = self.intents.index(OOS) if OOS in self.intents else None
         results = []
         for b, toks in enumerate(token_lists):
-            p = probs[b]
+            p = probs[b] if mixtures[b] is None else mixtures[b]
             scope = p.clone()
             if oos_idx is not None:
                 scope[oos_idx] = -1

@@ -536,11 +536,14 @@ def retune_threshold(checkpoint, data: list, oos_from=None, oos_limit: int = 400
     return thr
 
 
-def calibrate_asr_confidence(checkpoint, manifest, keep: float = 0.95) -> dict:
+def calibrate_asr_confidence(checkpoint, manifest, keep: float = 0.99) -> dict:
     """Set the checkpoint's ``asr_min_confidence``: the ASR confidence kept by ``keep`` of the utterances that the
     pipeline understands right (intent correct from the audio). ``manifest`` must be speech synthesized from
     TRAINING utterances in training voices (``mmapps assistant synth``), never evaluation data. Below the value the
-    pipeline asks the user to repeat instead of acting on an unsure transcript."""
+    pipeline asks the user to repeat instead of acting on an unsure transcript. ``keep`` is 0.99: the intent
+    already weighs the ASR's n best hypotheses, so a doubtful transcript lowers the NLU's confidence itself; the gate
+    only catches transcripts less sure than nearly every understood one (at 0.95 it turned away 5-8 % of correct
+    answers on spoken validation sets and no more out-of-domain queries)."""
     from mmapps.checkpoint import load_checkpoint, save_checkpoint
 
     from .asr import transcript_confidence
@@ -554,7 +557,8 @@ def calibrate_asr_confidence(checkpoint, manifest, keep: float = 0.95) -> dict:
         x = load_audio(e["audio"])
         text, words = pipe.asr.transcribe(x)
         conf = transcript_confidence(text, words, len(x) / SAMPLE_RATE) or 0.0
-        pred = pipe.predict([text.split() or None], [pipe.speech_features(x)])[0]  # as understand decides
+        pred = pipe.predict([text.split() or None], [pipe.speech_features(x)],  # as understand decides
+                            hypotheses=[pipe.asr.nbest() if hasattr(pipe.asr, "nbest") else None])[0]
         confs.append(conf)
         right.append(pred["best_in_scope"] == e["intent"])
     confs, right = np.array(confs), np.array(right)

@@ -177,6 +177,26 @@ def test_unsure_asr_is_asked_to_repeat(tiny_model):
     assert REPEAT_REPLY.endswith("?")
 
 
+def test_intent_weighs_the_asr_hypotheses_by_their_posterior(tiny_model):
+    """With the ASR's n best, the intent distribution is the posterior-weighted average of each hypothesis's; the
+    slots stay those of the transcript; one hypothesis (or none) changes nothing."""
+    import torch
+
+    from assistant import Pipeline
+
+    pipe = Pipeline.from_checkpoint(tiny_model)
+    a, b = "play jazz by adele", "what is the weather in boston"
+    mix = pipe._hypothesis_mixture([(a, 0.6), (b, 0.2), ("", 0.2)])  # the empty hypothesis is dropped
+    single = [pipe._hypothesis_mixture([(t, 0.5), (t, 0.5)]) for t in (a, b)]
+    torch.testing.assert_close(mix, 0.75 * single[0] + 0.25 * single[1])
+    assert pipe._hypothesis_mixture([(a, 1.0)]) is None and pipe._hypothesis_mixture(None) is None
+    alone, mixed, same = pipe.predict([a.split()] * 3, hypotheses=[None, [(a, 0.1), (b, 0.9)], [(a, 1.0)]])
+    expected = 0.1 * single[0] + 0.9 * single[1]  # the tiny data has no oos class
+    assert mixed["best_in_scope"] == pipe.intents[int(expected.argmax())] != alone["best_in_scope"]
+    assert mixed["confidence"] == round(float(expected.max()), 4)
+    assert mixed["tags"] == alone["tags"] and same == alone
+
+
 def test_evaluate_audio_only_rows_are_scored_from_the_audio(tiny_model, shared_data, tmp_path):
     cards = shared_data / "assistant/speech_real/pocketsphinx/cards"
     m = tmp_path / "speech.jsonl"

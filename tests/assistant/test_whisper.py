@@ -108,11 +108,16 @@ def test_a_command_is_decoded_in_one_window_and_long_audio_whole(monkeypatch):
     text, words = rec.transcribe(x)
     assert len(calls) == 1 and "boston tomorrow" in text and words[-1]["word"] == "tomorrow"
     assert rec.encoder_states() is not None and not tap.one_window  # the flag never outlives a call
+    nbest = rec.nbest()  # the beam's alternatives, its best first, with their posteriors within the beam
+    weights = [w for _, w in nbest]
+    assert nbest[0][0] == text and 2 <= len(nbest) <= 5
+    assert all(0 < w <= 1 for w in weights) and sum(weights) <= 1 + 1e-6 and len({t for t, _ in nbest}) >= 2
     calls.clear()
     gap = np.zeros(8000, np.float32)
     long = np.concatenate([np.concatenate([x, gap])] * 12)  # 12 commands, ~34 s of speech: two windows
     text, _ = rec.transcribe(long)
     assert len(calls) >= 2 and text.endswith("boston tomorrow")  # the last command lies past the first 30 s
+    assert rec.nbest() == [(text, 1.0)]  # several windows: no alternatives for the whole
 
 
 @needs_whisper
