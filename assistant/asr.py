@@ -279,7 +279,11 @@ class WhisperRecognizer:
         logp = np.array([s * max(len(ids), 1) for s, ids in zip(r.scores, r.sequences_ids)], dtype=np.float64)
         w = np.exp(logp - logp.max())
         w /= w.sum()
-        return [(t, float(p)) for t, p in zip(texts, w) if t]
+        merged: dict[str, float] = {}  # hypotheses that differ only in casing or punctuation are one transcript
+        for t, p in zip(texts, w):
+            if t:
+                merged[t] = merged.get(t, 0.0) + float(p)
+        return list(merged.items())
 
     def nbest(self) -> list[tuple[str, float]]:
         """The last ``transcribe``'s hypotheses with their posterior probabilities within the beam (they sum to 1

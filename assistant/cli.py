@@ -172,8 +172,12 @@ def evaluate(data: Path = typer.Argument(..., help="SNIPS folder, CLINC150 json 
 
 
 def _print_result(r: dict):
-    print_table([{"field": k, "value": r.get(k)} for k in ("transcript", "asr_confidence", "intent", "confidence",
-                                                          "slots", "out_of_scope", "reply", "rtf", "latency_ms")])
+    rows = [{"field": k, "value": r.get(k)} for k in ("transcript", "asr_confidence", "intent", "confidence",
+                                                      "slots", "out_of_scope", "reply", "rtf", "latency_ms")]
+    alternatives = [f"{h['transcript']} ({h['posterior']:.2f})" for h in (r.get("hypotheses") or [])[1:]]
+    if alternatives:  # what else the recogniser heard, as the intent weighed it
+        rows.insert(1, {"field": "alternatives", "value": "; ".join(alternatives)})
+    print_table(rows)
 
 
 @app.command()

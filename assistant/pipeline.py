@@ -267,7 +267,8 @@ class Pipeline(BasePipeline):
 
     def postprocess(self, outputs: dict, inputs: dict) -> dict:
         """-> {"transcript", "intent", "confidence", "slots", "out_of_scope", "reply", "rtf", "latency_ms",
-        "words", "asr", "asr_confidence", "modality_weights"}."""
+        "words", "asr", "asr_confidence", "hypotheses" (the ASR's n best the intent weighed; [] for text),
+        "modality_weights"}."""
         mixture = self._hypothesis_mixture(inputs.get("hypotheses"), inputs["audio"])
         r = self._decode(outputs, [inputs["tokens"][:64]], [inputs["asr_confidence"]], [mixture])[0]
         dt = time.perf_counter() - inputs["t0"]
@@ -281,7 +282,9 @@ class Pipeline(BasePipeline):
                 "latency_ms": round(dt * 1000, 1),
                 "asr": self.asr_name if x is not None else None,
                 "asr_confidence": None if inputs["asr_confidence"] is None else round(inputs["asr_confidence"], 4),
-                "words": inputs["words"], "modality_weights": r["modality_weights"]}
+                "words": inputs["words"],
+                "hypotheses": [{"transcript": t, "posterior": round(w, 4)} for t, w in inputs.get("hypotheses") or []],
+                "modality_weights": r["modality_weights"]}
 
     def understand(self, audio=None, text: str | None = None, raw: bool = False) -> dict:
         """Speech and/or typed text -> the JSON-ready result (see ``postprocess``).

@@ -50,6 +50,11 @@ def test_understand_audio_and_text(tiny_model, shared_data):
     j = json.loads(r.stdout)
     assert isinstance(j["transcript"], str) and j["intent"] in ("PlayMusic", "GetWeather")
     assert j["rtf"] > 0 and j["words"] == sorted(j["words"], key=lambda w: w["start"])
+    assert j["hypotheses"] == []  # typed text decides: no ASR alternatives were weighed
+    r = _run("assistant", "understand", "--audio", wav, "--model", tiny_model, "--json")
+    j = json.loads(r.stdout)
+    assert r.exit_code == 0 and j["hypotheses"][0]["transcript"] == j["transcript"]
+    assert all(0 < h["posterior"] <= 1 for h in j["hypotheses"])
 
 
 @pytest.mark.parametrize("case", ["empty", "silent", "notaudio", "none", "longtext", "emptytext", "missing"])
