@@ -49,7 +49,7 @@ def normalize_transcript(text: str) -> str:
     t = re.sub(r"(\d),(\d{3})", r"\1\2", t)  # 1,000 -> 1000
     t = re.sub(r"'", " ", t)
     t = re.sub(r"[\"“”!?,;()\[\]{}…]", " ", t)
-    t = re.sub(r"(?<!\d)[.:](?!\d)", " ", t)  # sentence dots and colons, not 10.5 or 10:30
+    t = re.sub(r"(?<!\d)[.:]|[.:](?!\d)", " ", t)  # dots and colons unless between digits (10.5, 10:30): "in 2016."
     t = re.sub(r"\s-+\s|^-+|-+$", " ", t)
     t = re.sub(r"(?<=\d)-(?=[a-z])|(?<=[a-z])-(?=\d)", " ", t)  # "12-ounce" -> "12 ounce"; "top-rated" stays
     return " ".join(t.split())

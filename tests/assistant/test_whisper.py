@@ -19,6 +19,9 @@ def test_normalize_follows_snips_conventions():
     assert normalize_transcript("I'd like a table at 10:30 p.m., please!") == "i d like a table at 10:30 pm please"
     assert normalize_transcript("A light-roast 12-ounce coffee?") == "a light-roast 12 ounce coffee"
     assert normalize_transcript("Rate it 4.5 out of 6 - 1,000 times") == "rate it 4.5 out of 6 1000 times"
+    # a sentence that ends on a number keeps no dot ("2016." is not a word the NLU knows)
+    assert normalize_transcript("Play a song from 2016.") == "play a song from 2016"
+    assert normalize_transcript("Rate it 5 .6.") == "rate it 5 6" and normalize_transcript("at 7:") == "at 7"
 
 
 def test_wer_form_spells_numbers():
