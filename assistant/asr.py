@@ -235,7 +235,7 @@ class WhisperRecognizer:
         # invents "Hello." or "Thank you."
         tap.one_window = len(x) <= WINDOW_SECONDS * SAMPLE_RATE
         # Text tokens only (word times still come from the cross-attention alignment): on synthesized speech the
-        # timestamp-free decoding misheard fewer words (WER 0.41 -> 0.40 and 0.26 -> 0.23 on two non-bench sets).
+        # timestamp-free decoding misheard fewer words (WER 0.40 -> 0.385 and 0.25 -> 0.23 on two non-bench sets).
         # Silero VAD (bundled with faster-whisper) first: a tone or noise gives no speech segment instead of a
         # hallucinated sentence; and a token budget from the duration, so a decoding loop cannot run for minutes
         segments, _ = self.model.transcribe(
