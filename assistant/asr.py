@@ -44,7 +44,7 @@ def normalize_transcript(text: str) -> str:
     """Whisper's written form -> the SNIPS form the NLU was trained on: lower case, "p.m." -> "pm", apostrophes
     split ("i'd" -> "i d", as SNIPS writes it), sentence punctuation dropped; digits are kept (SNIPS has both)."""
     t = str(text).lower().replace("’", "'")
-    t = re.sub(r"\b([ap])\.m\.", r"\1m", t)
+    t = re.sub(r"\b([ap])\. ?m\b\.?", r"\1m", t)  # "p.m.", "p.m", "p. m." -> "pm"
     t = t.replace("%", " percent").replace("$", "")
     t = re.sub(r"(\d),(\d{3})", r"\1\2", t)  # 1,000 -> 1000
     t = re.sub(r"'", " ", t)

@@ -22,6 +22,7 @@ def test_normalize_follows_snips_conventions():
     # a sentence that ends on a number keeps no dot ("2016." is not a word the NLU knows)
     assert normalize_transcript("Play a song from 2016.") == "play a song from 2016"
     assert normalize_transcript("Rate it 5 .6.") == "rate it 5 6" and normalize_transcript("at 7:") == "at 7"
+    assert normalize_transcript("at 7 a.m") == normalize_transcript("at 7 a. m.") == "at 7 am"
 
 
 def test_wer_form_spells_numbers():
