@@ -113,6 +113,9 @@ def run_bench(quick: bool = False, model=None, workers: int = 2, cohort: str | P
     report.add("measured-only logistic regression AUROC (5-fold CV on this cohort, no CNN)",
                ev["measured_only_cv_auroc"])
     report.add(f"ECE (15 bins; post-hoc calibration: {ev['calibration']})", ev["ece"], ECE_TARGET)
+    if "ece_vs_oracle" in ev:
+        report.add("ECE against the generating probabilities (no label noise) / the generating probabilities' own ECE "
+                   "on these labels", f"{ev['ece_vs_oracle']:.3f} / {ev['oracle_ece']:.3f}")
     report.add("Brier", ev["brier"])
     report.add("predict 512x512x200 CT + record (s, median of 3)", predict_s, PREDICT_SECONDS)
     report.add("`mmapps medical predict` CLI call, same study (s, median of 3; Python start-up included)", cli_s,

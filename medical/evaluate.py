@@ -14,7 +14,7 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
     adds "labels" and "probabilities" (per labelled row) for pictures such as the reliability diagram."""
     import time
 
-    from mmapps.metrics import binary_metrics
+    from mmapps.metrics import binary_metrics, expected_calibration_error
     from mmapps.parallel import shard_items
 
     from .dataset import CohortDataset, predict_batches, study_max
@@ -42,8 +42,14 @@ def evaluate(data, model=None, workers: int = 1, shard: tuple[int, int] = (0, 1)
     oracle = [r.get("oracle_probability", "") for r in labelled]
     if all(o not in ("", None) for o in oracle):
         oracle = np.array(oracle, dtype=float)
-        result["oracle_auroc"] = binary_metrics(y, oracle)["auroc"]
+        on_labels = binary_metrics(y, oracle)
+        result["oracle_auroc"] = on_labels["auroc"]
         result["expected_over_label_draws"] = expected_aurocs(oracle, {"fused": p, "oracle": oracle})
+        # ECE against the generating probabilities (no label noise), and the ECE those probabilities themselves get
+        # on the drawn labels: how much of the labels' ECE is the draw, not the model
+        ok = ~np.isnan(p)
+        result["ece_vs_oracle"] = expected_calibration_error(oracle[ok], p[ok])
+        result["oracle_ece"] = on_labels["ece"]
     ablations = {}
     for m in pipe.config.modalities:
         pm = study_max(predict_batches(pipe.model, ds, pipe.device, only=m, calibration=pipe.calibration),

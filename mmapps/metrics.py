@@ -5,7 +5,8 @@ import numpy as np
 
 
 def expected_calibration_error(y_true, p, n_bins: int = 15) -> float:
-    """ECE with equal-width bins (L1): sum_b |B|/n * |mean(y in b) - mean(p in b)|."""
+    """ECE with equal-width bins (L1): sum_b |B|/n * |mean(y in b) - mean(p in b)|; ``y_true`` is 0/1 labels or, for
+    a synthetic cohort, the true probabilities (then the label draw adds no noise)."""
     y = np.asarray(y_true, dtype=float).ravel()
     p = np.asarray(p, dtype=float).ravel()
     if y.size == 0:

@@ -13,6 +13,10 @@ def test_ece_known_values():
     assert expected_calibration_error(y, np.full(100, 0.5)) == pytest.approx(0.0)
     assert expected_calibration_error(y, np.full(100, 0.9)) == pytest.approx(0.4)
     assert expected_calibration_error([1, 1], [1.0, 1.0]) == pytest.approx(0.0)  # p == 1 lands in the last bin
+    # against true probabilities instead of labels (a synthetic cohort's oracle): no label noise
+    q = np.linspace(0.05, 0.95, 100)
+    assert expected_calibration_error(q, q) == pytest.approx(0.0)
+    assert expected_calibration_error(q, np.clip(q + 0.1, 0, 1)) == pytest.approx(0.1, abs=0.01)
 
 
 def test_binary_metrics_match_known_cases():

@@ -86,6 +86,7 @@ def test_evaluate_metrics_and_ablations(tiny_model, tiny_cohort):
         assert k in res
     assert set(res["expected_over_label_draws"]) == {"fused", "oracle"}
     assert 0 <= res["brier"] <= 1 and 0 <= res["ece"] <= 1
+    assert 0 <= res["ece_vs_oracle"] <= 1 and 0 <= res["oracle_ece"] <= 1
     assert set(res["ablations"]) == {"ct", "mri", "record"}
     parts = res["component_ablations"]
     assert set(parts) == {"measured linear term only", "learned residual only"}
