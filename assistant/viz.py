@@ -45,7 +45,8 @@ def plot_understanding(x: np.ndarray, result: dict, out, reference: str | None =
              f"reply: {result['reply']}",
              f"latency: {result.get('latency_ms')} ms (real-time factor {result.get('rtf')}); "
              f"ASR confidence {result.get('asr_confidence')}"]
-    alternatives = "; ".join(f"{h['transcript']} ({h['posterior']:.2f})" for h in (result.get("hypotheses") or [])[1:3])
+    alternatives = "; ".join(f"{h['transcript']} ({h['posterior']:.2f})"
+                             for h in (result.get("hypotheses") or [])[1:3])
     if alternatives:  # the next readings the intent weighed
         line = "also heard: " + alternatives  # kept clear of the fusion-weight bars on the right
         lines.insert(3, line if len(line) <= 64 else line[:63] + "…")
