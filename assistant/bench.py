@@ -129,6 +129,10 @@ def run_bench(quick: bool = False) -> BenchReport:
                 s = speech_intent(pipe, dev, 30 if quick else 140, Path(tmp))
             report.add(f"speech intent accuracy from audio ({s['n']} SNIPS dev, unseen voices)",
                        s["intent_accuracy"], SPEECH_INTENT)
+            by_voice = s.get("intent_accuracy_by_voice") or {}
+            if by_voice:
+                report.add("  ... per voice: " + " / ".join(by_voice),
+                           " / ".join(f"{v['intent_accuracy']:.3f} (n={v['n']})" for v in by_voice.values()))
             if "intent_accuracy_transcript_only" in s:
                 report.add("speech intent accuracy, transcript only (ablation: audio branch off)",
                            s["intent_accuracy_transcript_only"])

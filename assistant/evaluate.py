@@ -168,6 +168,13 @@ def evaluate_speech(pipe, examples: list[dict]) -> dict:
     preds = pipe.predict([h.split() or None for h in hyps], feats, asr_confidences=confs, hypotheses=nbest)
     out = {"n": len(examples), "mode": f"speech ({pipe.asr_name} ASR -> NLU)"}
     out.update(intent_metrics([e["intent"] for e in examples], [p["intent"] for p in preds]))
+    if any(e.get("voice") for e in examples):  # speakers differ far more than utterances: accuracy per voice
+        by_voice: dict[str, list[bool]] = {}
+        for e, p in zip(examples, preds):
+            voice = (e.get("voice") or "unknown").split("+")[0]  # espeak's "+m3" variants are one voice
+            by_voice.setdefault(voice, []).append(p["intent"] == e["intent"])
+        out["intent_accuracy_by_voice"] = {v: {"n": len(r), "intent_accuracy": float(np.mean(r))}
+                                           for v, r in sorted(by_voice.items())}
     if any(feats):  # the ablation: the same transcripts without the audio branch
         text_only = pipe.predict([h.split() or None for h in hyps], asr_confidences=confs, hypotheses=nbest)
         out["intent_accuracy_transcript_only"] = intent_metrics([e["intent"] for e in examples],

@@ -205,13 +205,17 @@ def test_intent_weighs_the_asr_hypotheses_by_their_posterior(tiny_model):
 def test_evaluate_audio_only_rows_are_scored_from_the_audio(tiny_model, shared_data, tmp_path):
     cards = shared_data / "assistant/speech_real/pocketsphinx/cards"
     m = tmp_path / "speech.jsonl"
-    m.write_text(json.dumps({"audio": str(cards / "001.wav"), "intent": "PlayMusic"}) + "\n"
-                 + json.dumps({"audio": str(cards / "003.wav"), "text": "seven of clubs", "intent": "PlayMusic"}) + "\n")
+    m.write_text(json.dumps({"audio": str(cards / "001.wav"), "intent": "PlayMusic", "voice": "reader+a"}) + "\n"
+                 + json.dumps({"audio": str(cards / "003.wav"), "text": "seven of clubs", "intent": "PlayMusic",
+                               "voice": "reader+b"}) + "\n")
     r = _run("assistant", "evaluate", m, "--model", tiny_model, "--json")
     assert r.exit_code == 0, _stderr(r)
     j = json.loads(r.stdout.strip().splitlines()[-1])
     assert j["mode"].startswith("speech") and j["n"] == 2 and j["wer_rows"] == 1 and 0.0 <= j["wer"] <= 1.0
     assert "slot-value" in j["slot_metric"]
+    by_voice = j["intent_accuracy_by_voice"]  # "+variant" is the same voice
+    assert list(by_voice) == ["reader"] and by_voice["reader"]["n"] == 2
+    assert by_voice["reader"]["intent_accuracy"] == j["intent_accuracy"]
 
 
 def test_transcribe_writes_asr_text_with_aligned_tags(tmp_path, monkeypatch):
