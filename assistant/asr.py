@@ -223,6 +223,7 @@ class WhisperRecognizer:
         self.beam_size = beam_size
         self._states = None
         self._nbest: list[tuple[str, float]] = []
+        self._tokenizer = None  # decodes the beam's alternatives (built on first use)
 
     def transcribe(self, x: np.ndarray) -> tuple[str, list[dict]]:
         """16 kHz float waveform -> (normalised transcript, [{"word", "start", "end", "probability"}]); the beam's
@@ -269,10 +270,12 @@ class WhisperRecognizer:
         transcript ``transcribe`` returned (trimmed as it was); one entry for longer audio or no speech."""
         if len(results) != 1 or not text:
             return [(text, 1.0)] if text else []
-        from faster_whisper.tokenizer import Tokenizer
+        if self._tokenizer is None:
+            from faster_whisper.tokenizer import Tokenizer
 
-        tok = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe", language="en")
-        r = results[0]
+            self._tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
+                                        language="en")
+        tok, r = self._tokenizer, results[0]
         texts = [text] + [" ".join(trim_repetition(normalize_transcript(tok.decode(ids)).split()))
                           for ids in r.sequences_ids[1:]]
         # scores are log-probabilities per token (length penalty 1): back to the sequence's log-probability
@@ -399,6 +402,10 @@ class PocketsphinxRecognizer:
                 continue
             words.append({"word": w, "start": round(s.start_frame / 100, 2), "end": round(s.end_frame / 100, 2)})
         return " ".join(w["word"] for w in words), words
+
+    def nbest(self) -> list[tuple[str, float]]:
+        """No alternatives: the intent is read from the one transcript."""
+        return []
 
 
 def get_recognizer(name: str, meta: dict):

@@ -164,7 +164,7 @@ def evaluate_speech(pipe, examples: list[dict]) -> dict:
         hyps.append(text)
         confs.append(transcript_confidence(text, words, len(x) / SAMPLE_RATE))
         feats.append(pipe.speech_features(x))
-        nbest.append(pipe.asr.nbest() if hasattr(pipe.asr, "nbest") else None)
+        nbest.append(pipe.asr.nbest())
     preds = pipe.predict([h.split() or None for h in hyps], feats, asr_confidences=confs, hypotheses=nbest)
     out = {"n": len(examples), "mode": f"speech ({pipe.asr_name} ASR -> NLU)"}
     out.update(intent_metrics([e["intent"] for e in examples], [p["intent"] for p in preds]))

@@ -243,7 +243,7 @@ class Pipeline(BasePipeline):
                 raise UserError(f"{name}: no speech recognised in the audio ({len(x) / SAMPLE_RATE:.2f} s)")
             conf = transcript_confidence(transcript, words, len(x) / SAMPLE_RATE)
             feats = self.speech_features(x)
-            hyps = self.asr.nbest() if hasattr(self.asr, "nbest") else None
+            hyps = self.asr.nbest()
         tokens = tokenize(text) if text is not None else tokenize(transcript or "")
         return {"x": x, "transcript": transcript, "words": words, "tokens": tokens, "audio": feats,
                 "asr_confidence": conf if text is None else None, "hypotheses": hyps if text is None else None,

@@ -558,7 +558,7 @@ def calibrate_asr_confidence(checkpoint, manifest, keep: float = 0.99) -> dict:
         text, words = pipe.asr.transcribe(x)
         conf = transcript_confidence(text, words, len(x) / SAMPLE_RATE) or 0.0
         pred = pipe.predict([text.split() or None], [pipe.speech_features(x)],  # as understand decides
-                            hypotheses=[pipe.asr.nbest() if hasattr(pipe.asr, "nbest") else None])[0]
+                            hypotheses=[pipe.asr.nbest()])[0]
         confs.append(conf)
         right.append(pred["best_in_scope"] == e["intent"])
     confs, right = np.array(confs), np.array(right)
