@@ -92,6 +92,7 @@ def read_chest_ct(vol) -> ChestScan:
     Returns:
         A :class:`ChestScan`.
     """
+    vol = canonical_volume(vol)
     hu, spacing = vol.array, vol.spacing
     D, H, W = hu.shape
     reasons: list[str] = []
@@ -176,6 +177,37 @@ def read_chest_ct(vol) -> ChestScan:
     scan = ChestScan(True, [], warnings, grid, work, affine, fine, stats)
     _lung_stats(scan)
     return scan
+
+
+def canonical_volume(vol):
+    """The same volume with its array axes turned to (superior, posterior, left) by flips and transposes only
+    (exact, no interpolation; views, no copy), spacing and affine to match.
+
+    Everything after it (the gate's coarse copy, the lung box, the working grid's first voxel) is then defined by
+    the anatomy, not by the order the scanner stored it in: a series stored mirrored, feet-first or as coronal
+    slices gives the same grid, bit for bit, as the same scan stored the usual way."""
+    import dataclasses
+
+    from nibabel import orientations
+
+    from .io import default_affine
+
+    if vol.affine is None:  # no orientation in the header: default_affine already reads it as (S, P, L)
+        return vol
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine
+    turn = orientations.ornt_transform(orientations.io_orientation(ras),
+                                       orientations.axcodes2ornt("SPL", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+    if np.array_equal(turn, [[0, 1], [1, 1], [2, 1]]):
+        return vol
+    array = vol.array
+    for axis, flip in enumerate(turn[:, 1]):
+        if flip < 0:
+            array = np.flip(array, axis)
+    order = np.argsort(turn[:, 0])  # output axis k comes from input axis order[k]
+    array = array.transpose(order)
+    affine = vol.affine @ orientations.inv_ornt_aff(turn, vol.array.shape)
+    spacing = tuple(float(vol.spacing[i]) for i in order)
+    return dataclasses.replace(vol, array=array, spacing=spacing, affine=affine)
 
 
 def _hint(reasons: list[str], part: str, chest_seen: bool) -> list[str]:
@@ -292,6 +324,7 @@ def check_chest_mri(vol, ct_tags: dict | None = None) -> tuple[list[str], list[s
     air-filled lungs inside a bright body), the same patient as the CT when both headers say."""
     from scipy import ndimage
 
+    vol = canonical_volume(vol)
     a, spacing = vol.array, vol.spacing
     D, H, W = a.shape
     reasons: list[str] = []

@@ -116,8 +116,11 @@ def ct_inputs(analysis: dict, grid: int, crop: int, measured: bool = True) -> li
 
 
 def preprocess_mri(vol: Volume, grid: int) -> torch.Tensor:
-    """MR intensities have no units: robust min-max (1st-99th percentile) to [0, 1]."""
-    a = vol.array
+    """MR intensities have no units: robust min-max (1st-99th percentile) to [0, 1]; axes turned to the anatomy's
+    (superior, posterior, left) first, like the CT's."""
+    from .lungs import canonical_volume
+
+    a = canonical_volume(vol).array
     sub = a[:: max(1, a.shape[0] // 16), :: max(1, a.shape[1] // 64), :: max(1, a.shape[2] // 64)]
     lo, hi = np.percentile(sub, [1, 99])
     return to_grid(np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1.5), grid)

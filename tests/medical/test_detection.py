@@ -273,3 +273,44 @@ def test_scale_space_threads_give_the_serial_candidates(monkeypatch):
     threaded = nodules.find_candidates(scan.hu, scan.lung, scan.spacing_mm)
     assert len(serial) > 5
     assert serial == threaded
+
+
+def _stored_differently(vol, flips=(), order=(0, 1, 2)):
+    """The same scan as a scanner might store it: array axes flipped and permuted, the affine saying so."""
+    from medical.io import Volume
+
+    arr, aff = vol.array, vol.affine.copy()
+    for axis in flips:
+        arr = np.flip(arr, axis)
+        # stored index i on a flipped axis is original index n-1-i
+        col = aff[:3, axis].copy()
+        aff[:3, 3] = aff[:3, 3] + col * (vol.array.shape[axis] - 1)
+        aff[:3, axis] = -col
+    arr = np.ascontiguousarray(arr.transpose(order))
+    aff[:, :3] = aff[:, list(order)]
+    spacing = tuple(vol.spacing[i] for i in order)
+    return Volume(arr, spacing, "CT", "phantom", affine=aff)
+
+
+@pytest.mark.parametrize("flips,order", [((2,), (0, 1, 2)), ((1,), (0, 1, 2)), ((0, 1, 2), (0, 1, 2)),
+                                         ((), (1, 0, 2))],
+                         ids=["columns-mirrored", "rows-mirrored", "feet-first-prone", "coronal-slices"])
+def test_the_storage_order_of_a_scan_does_not_change_its_reading(flips, order):
+    # The same anatomy stored mirrored, feet-first or as coronal slices must give the same grid, lung mask and
+    # nodules, bit for bit: the gate and the working grid are defined on the anatomy (canonical_volume).
+    # 1.15 mm pixels on the 1.5 mm working grid: a grid anchored at the stored first voxel would sample other
+    # points when the storage order is reversed
+    vol, _, _ = _chest(3, size_mm=12.0, shape=(50, 300, 300))
+    ref = read_chest_ct(vol)
+    other = _stored_differently(vol, flips, order)
+    for index in [(0, 0, 0), (5, 17, 30)]:  # the test's own re-storing is right: same place, same coordinates
+        stored = [(vol.array.shape[a] - 1 - i) if a in flips else i for a, i in enumerate(index)]
+        np.testing.assert_allclose(vol.index_to_lps(index), other.index_to_lps([stored[k] for k in order]))
+    got = read_chest_ct(other)
+    assert ref.assessable and got.assessable
+    np.testing.assert_array_equal(got.hu, ref.hu)
+    np.testing.assert_array_equal(got.lung, ref.lung)
+    np.testing.assert_allclose(got.affine, ref.affine, atol=1e-9)
+    a, b = detect_nodules(ref), detect_nodules(got)
+    assert a and [n["center_mm"] for n in a] == [n["center_mm"] for n in b]
+    assert [n["detection_score"] for n in a] == [n["detection_score"] for n in b]
