@@ -17,6 +17,7 @@ LUNG_MEAN_HU = (-960.0, -500.0)  # mean of aerated lung (vessels included); trap
 MIN_FOV_MM = 150.0  # a chest is 250-400 mm wide: anything narrower cannot show both lungs
 MIN_SLICES = 3
 MAX_SLICE_MM = 10.0  # thicker slices hide nodules below ~1 cm
+THIN_SLICE_MM = 2.5  # Lung-RADS / screening CT: slices <= 2.5 mm; thicker ones blur vessels into small "nodules"
 MIN_LUNG_ML = 50.0
 MIN_COVERAGE_MM = 20.0  # less lung than this cannot contain a whole nodule of the sizes assessed
 LUNG_SLICE_FRACTION = 0.10  # a slice "shows lung" when aerated lung fills >= 10 % of the body cross-section
@@ -158,6 +159,10 @@ def read_chest_ct(vol) -> ChestScan:
         warnings.append(f"partial chest coverage: the scan covers {coverage:.0f} mm of the lungs, which continue "
                         f"beyond its {where} slice; nodules outside these {coverage:.0f} mm are not assessed")
     stats["partial_coverage"] = bool(at_top or at_bottom)
+    if spacing[0] > THIN_SLICE_MM:
+        warnings.append(f"slices {spacing[0]:.1f} mm apart, thicker than the <= {THIN_SLICE_MM} mm of screening CT that "
+                        "Lung-RADS assumes: partial volume makes small nodules, vessels and ground glass hard to "
+                        "tell apart (small and non-solid findings are uncertain)")
     if part and part not in CHEST_PARTS:
         warnings.append(f"BodyPartExamined says {part!r}, but the image shows the lungs: judged as a chest CT")
     # Working grid: the lung region (+ margin) only, resampled with MONAI.

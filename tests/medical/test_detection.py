@@ -46,7 +46,10 @@ def _abdomen():
 def test_synthetic_chest_is_assessable_and_its_large_nodule_found():
     vol, v, extra = _chest(5, size_mm=18.0)
     scan = read_chest_ct(vol)
-    assert scan.assessable and not scan.reasons and not scan.warnings  # whole lungs inside the scan
+    assert scan.assessable and not scan.reasons
+    # whole lungs inside the scan: no coverage warning; only the one about its 5 mm slices
+    assert [w.split(" mm apart")[0] for w in scan.warnings] == [f"slices {vol.spacing[0]:.1f}"]
+    assert vol.spacing[0] > 2.5 and "Lung-RADS" in scan.warnings[0]
     assert 2000 < scan.stats["lung_volume_ml"] < 8000
     nodules = detect_nodules(scan)
     true = np.array([extra["centre_mm"][2], extra["centre_mm"][1], extra["centre_mm"][0]])  # z,y,x -> x,y,z
@@ -55,6 +58,12 @@ def test_synthetic_chest_is_assessable_and_its_large_nodule_found():
     assert min(dist) < 9.0
     assert abs(hit["diameter_mm"] - 18.0) / 18.0 < 0.3
     assert hit["upper_lobe"] == bool(v["upper_lobe"])
+
+
+def test_thin_slices_carry_no_slice_thickness_warning():
+    vol, _, _ = _chest(5, size_mm=18.0, shape=(160, 128, 128))
+    scan = read_chest_ct(vol)
+    assert vol.spacing[0] == 2.0 and scan.assessable and scan.warnings == []
 
 
 def test_abdomen_head_and_single_slice_are_not_assessable():
