@@ -223,3 +223,81 @@ def measured_matrix(samples: list[dict]) -> np.ndarray | None:
             return None
         rows.append(np.concatenate([geom, [0.0 if ct is not None else 1.0], s["record"].float().numpy()]))
     return np.stack(rows)
+
+
+# ----------------------------------------------------------------------------------------------- robustness
+def scan_variants(vol, seed: int = 0) -> dict:
+    """The same scan as other scanners, protocols and archives would hand it over, in memory: {name: Volume}.
+
+    Storage orders (the anatomy unchanged: must read the same), noise of a lower dose, a calibration offset of the
+    Hounsfield scale, soft and sharp reconstruction kernels, 2x thicker / 1.25 mm slices, a 256 matrix, and the
+    padding value scanners store outside the reconstruction circle. For measuring how far a real result moves,
+    never for choosing anything."""
+    import dataclasses
+
+    from scipy import ndimage
+
+    a, sp = vol.array.astype(np.float32), tuple(float(s) for s in vol.spacing)
+    aff = vol.affine if vol.affine is not None else __import__("medical.io", fromlist=["x"]).default_affine(sp)
+    rng = np.random.default_rng(seed)
+
+    def make(array, spacing=sp, affine=aff, name=""):
+        return dataclasses.replace(vol, array=np.ascontiguousarray(array, dtype=np.float32), spacing=tuple(spacing),
+                                   affine=np.asarray(affine, float), source=f"{vol.source} ({name})", warnings=[])
+
+    def flipped(axis):
+        f = aff.copy()
+        f[:3, 3] += f[:3, axis] * (a.shape[axis] - 1)
+        f[:3, axis] *= -1
+        return np.flip(a, axis), f
+
+    out = {}
+    for name, axis in (("stored mirrored left-right", 2), ("stored mirrored front-back", 1), ("stored feet-first", 0)):
+        arr, f = flipped(axis)
+        out[name] = make(arr, affine=f, name=name)
+    out["low dose: noise sd 25 HU"] = make(a + rng.normal(0, 25, a.shape), name="noise 25")
+    out["low dose: noise sd 50 HU"] = make(a + rng.normal(0, 50, a.shape), name="noise 50")
+    out["HU scale offset +30"] = make(a + 30, name="+30 HU")
+    out["HU scale offset -30"] = make(a - 30, name="-30 HU")
+    smooth = np.stack([ndimage.gaussian_filter(s, 1.0) for s in a])
+    out["soft kernel"] = make(smooth, name="soft kernel")
+    out["sharp kernel"] = make(a + (a - np.stack([ndimage.gaussian_filter(s, 1.5) for s in a])), name="sharp kernel")
+    if a.shape[0] >= 6:
+        n = a.shape[0] // 2 * 2
+        thick = (a[0:n:2] + a[1:n:2]) / 2
+        f = aff.copy()
+        f[:3, 3] += f[:3, 0] / 2  # the average of slices 2k and 2k+1 sits between them
+        f[:3, 0] *= 2
+        out[f"slices {2 * sp[0]:g} mm"] = make(thick, (2 * sp[0], sp[1], sp[2]), f, "thick")
+    if sp[0] > 1.25:
+        k = sp[0] / 1.25
+        z = np.arange(0, a.shape[0] - 1 + 1e-6, 1 / k)
+        thin = ndimage.map_coordinates(a, np.meshgrid(z, np.arange(a.shape[1]), np.arange(a.shape[2]), indexing="ij"),
+                                       order=1, mode="nearest")
+        f = aff.copy()
+        f[:3, 0] /= k
+        out["slices 1.25 mm"] = make(thin, (1.25, sp[1], sp[2]), f, "thin")
+    h, w = a.shape[1] // 2 * 2, a.shape[2] // 2 * 2
+    m = (a[:, 0:h:2, 0:w:2] + a[:, 1:h:2, 0:w:2] + a[:, 0:h:2, 1:w:2] + a[:, 1:h:2, 1:w:2]) / 4
+    f = aff.copy()
+    f[:3, 3] += (f[:3, 1] + f[:3, 2]) / 2
+    f[:3, 1:3] *= 2
+    out[f"matrix {w // 2} ({2 * sp[2]:.2f} mm pixels)"] = make(m, (sp[0], 2 * sp[1], 2 * sp[2]), f, "matrix")
+    yy, xx = np.mgrid[: a.shape[1], : a.shape[2]]
+    outside = (yy - (a.shape[1] - 1) / 2) ** 2 + (xx - (a.shape[2] - 1) / 2) ** 2 > (min(a.shape[1:]) / 2) ** 2
+    out["padding -3024 outside the circle"] = make(np.where(outside[None], -3024.0, a), name="padding")
+    return out
+
+
+def variant_readings(pipe, vol, target_mm, within_mm: float = 10.0) -> list[dict]:
+    """``pipe.predict`` on every :func:`scan_variants` of ``vol`` (the scan as given first): per variant whether a
+    reported nodule lies within ``within_mm`` of ``target_mm`` (LPS), how many others are reported, the study's
+    probability."""
+    rows = []
+    for name, v in {"as given": vol, **scan_variants(vol)}.items():
+        res = pipe.predict(study=v)
+        dist = [float(np.linalg.norm(np.subtract(n["center_mm"], target_mm))) for n in res["nodules"]]
+        hit = bool(dist) and min(dist) <= within_mm
+        rows.append({"variant": name, "found": hit, "others": len(dist) - int(hit),
+                     "probability": res["probability"], "assessable": res["assessable"]})
+    return rows

@@ -16,7 +16,7 @@ from mmapps.paths import data_dir
 from mmapps.pipeline import Pipeline as CorePipeline
 from mmapps.pipeline import check_finite_output
 
-from .io import load_ct, load_mri, read_record
+from .io import Volume, load_ct, load_mri, read_record
 from .models import ModelConfig, build_model, record_vector
 from .preprocess import preprocess_mri
 
@@ -52,7 +52,8 @@ class Pipeline(CorePipeline):
         """Read and validate the inputs, gate the scans, find the nodules.
 
         Args:
-            study: CT as a DICOM series folder, DICOM file or NIfTI file (or None).
+            study: CT as a DICOM series folder, DICOM file or NIfTI file, or a ``medical.io.Volume`` already in
+                memory (HU), or None.
             record: FHIR R4 Bundle, flat JSON or one-row CSV (or None).
             mri: MRI as a DICOM series/file or NIfTI (or None).
             as_of: the scan date (``datetime.date``) for the record's age when the CT header has no StudyDate.
@@ -73,7 +74,9 @@ class Pipeline(CorePipeline):
         ct_list: list[dict] = []
         analysis = None
         ct_tags = None
-        vol = load_ct(study) if study is not None else None
+        vol = study if isinstance(study, Volume) else load_ct(study) if study is not None else None
+        if isinstance(study, Volume):
+            study = study.source
         if vol is not None:
             warnings += vol.warnings
             ct_tags = vol.tags

@@ -323,3 +323,23 @@ def test_the_storage_order_of_a_scan_does_not_change_its_reading(flips, order):
     a, b = detect_nodules(ref), detect_nodules(got)
     assert a and [n["center_mm"] for n in a] == [n["center_mm"] for n in b]
     assert [n["detection_score"] for n in a] == [n["detection_score"] for n in b]
+
+
+def test_scan_variants_keep_the_anatomy_where_it_is():
+    # Each variant is the same patient: its largest nodule stays at the same LPS position (the affines of the
+    # thicker, thinner and coarser grids are right), and the storage orders read exactly alike.
+    from medical.evaluate import scan_variants
+    from medical.preprocess import analyse_ct
+
+    vol, _, _ = _chest(5, size_mm=18.0, shape=(96, 160, 160))
+    ref = analyse_ct(vol)["nodules"]
+    assert ref
+    centre = np.array(ref[0]["center_mm"])
+    variants = scan_variants(vol)
+    assert len(variants) == 13 and all(v.array.dtype == np.float32 for v in variants.values())
+    for name, v in variants.items():
+        found = analyse_ct(v)["nodules"]
+        dist = min(np.linalg.norm(np.subtract(n["center_mm"], centre)) for n in found)
+        assert dist < 1.4, name  # an affine off by half a thick slice or a coarse pixel would move it further
+        if name.startswith("stored"):
+            assert [n["center_mm"] for n in found] == [n["center_mm"] for n in ref], name
