@@ -103,3 +103,85 @@ def frame_counts(gts: list[Object3D], dets: list[Object3D], cls: str = "Car", io
                 and not any(overlap_over_detection(d.box2d, dc) > 0.5 for dc in dont_care) for d in near)
     return {"found": found, "missed": len(targets) - found, "false": false, "labelled": len(targets),
             "detections": len(near)}
+
+
+# ----------------------------------------------------------------------------------------------- robustness
+def _turn(t: float) -> np.ndarray:
+    c, s = np.cos(t), np.sin(t)
+    return np.array([[c, -s], [s, c]])
+
+
+def sensor_variants() -> dict:
+    """How other cars, mountings and lidars would record the same street: {name: (points -> points, box in the
+    changed frame -> box in the recorded one)}. The sensor mounted 0.3 m higher / lower, turned +-10 degrees,
+    pitched +-2 degrees, and a lidar whose reflectance reads half / twice as bright. For measuring, never choosing."""
+    def lift(dz):
+        def pts(p):
+            p = p.copy()
+            p[:, 2] -= dz  # a higher sensor sees everything lower
+            return p
+
+        def box(b):
+            b = b.copy()
+            b[2] += dz
+            return b
+        return pts, box
+
+    def yaw(t):
+        R = _turn(t)
+
+        def pts(p):
+            p = p.copy()
+            p[:, :2] = p[:, :2] @ R.T
+            return p
+
+        def box(b):
+            b = b.copy()
+            b[:2] = R.T @ b[:2]
+            b[6] -= t
+            return b
+        return pts, box
+
+    def pitch(t):
+        R = _turn(t)  # in the x-z plane: the nose of the car down for t > 0
+
+        def pts(p):
+            p = p.copy()
+            p[:, [0, 2]] = p[:, [0, 2]] @ R.T
+            return p
+
+        def box(b):
+            b = b.copy()
+            b[[0, 2]] = R.T @ b[[0, 2]]
+            return b
+        return pts, box
+
+    def bright(k):
+        def pts(p):
+            p = p.copy()
+            p[:, 3] = np.clip(p[:, 3] * k, 0.0, 1.0)
+            return p
+        return pts, lambda b: b
+
+    return {"sensor 0.3 m higher": lift(0.3), "sensor 0.3 m lower": lift(-0.3),
+            "turned +10 deg": yaw(np.radians(10)), "turned -10 deg": yaw(np.radians(-10)),
+            "pitched +2 deg": pitch(np.radians(2)), "pitched -2 deg": pitch(np.radians(-2)),
+            "reflectance x0.5": bright(0.5), "reflectance x2": bright(2.0)}
+
+
+def variant_counts(pipe, frame, cls: str = "Car") -> dict:
+    """{variant: {"bev0.5": frame_counts, "3d0.7": frame_counts}} for the frame as recorded and under every
+    :func:`sensor_variants` change, the detections mapped back to the recorded frame before counting."""
+    from .io import lidar_box_to_label
+
+    shape = frame.image.shape if frame.image is not None else None
+    out = {}
+    for name, (pts, box) in {"as recorded": (lambda p: p, lambda b: b), **sensor_variants()}.items():
+        changed = copy.copy(frame)
+        changed.points = pts(frame.points)
+        dets = pipe.detect(changed)
+        objs = [lidar_box_to_label(box(np.asarray(d["box3d"], float)), frame.calib, d["class"], round(d["score"], 4),
+                                   shape) for d in dets]
+        out[name] = {"bev0.5": frame_counts(frame.labels, objs, cls, 0.5, "bev"),
+                     "3d0.7": frame_counts(frame.labels, objs, cls, 0.7, "3d")}
+    return out

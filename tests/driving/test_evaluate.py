@@ -2,6 +2,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 
 from driving.evaluate import recall_within
@@ -187,3 +188,22 @@ def test_recall_within_range():
     near, far = obj(z=20), obj(x=3, z=60)
     r = recall_within([[near, far]], [[det(near)]], "Car", 40.0)
     assert r["total"] == 1 and r["recall"] == 1.0
+
+
+def test_sensor_variants_map_boxes_back_to_the_recorded_frame():
+    from driving.evaluate import sensor_variants
+
+    b = np.array([12.0, -3.0, -0.8, 4.0, 1.7, 1.5, 0.4])
+    ahead = b[:3] + [np.cos(b[6]), np.sin(b[6]), 0.0]
+    variants = sensor_variants()
+    assert len(variants) == 8
+    for name, (pts, box) in variants.items():
+        p = pts(np.array([[*b[:3], 0.3], [*ahead, 0.3]]))
+        if name.startswith("reflectance"):
+            assert np.allclose(p[:, :3], [b[:3], ahead]) and not np.allclose(p[:, 3], 0.3)
+        else:
+            assert not np.allclose(p[0, :3], b[:3]), name  # the change moved the car in the sensor's frame
+        yaw = np.arctan2(p[1, 1] - p[0, 1], p[1, 0] - p[0, 0])  # its heading as the changed sensor sees it
+        back = box(np.r_[p[0, :3], b[3:6], yaw])
+        np.testing.assert_allclose(back[:6], b[:6], atol=1e-9, err_msg=name)
+        assert abs((back[6] - b[6] + np.pi) % (2 * np.pi) - np.pi) < 1e-3, name  # pitch tilts the heading slightly
