@@ -24,8 +24,9 @@ UNDERSTAND_SECONDS = Target("<=", 1.0)
 UNDERSTAND_RTF = Target("<=", 0.35)
 
 
-def real_speech_wer(pipe, root: Path) -> dict:
-    """WER (digits spelled out, case and punctuation ignored) on goforward.raw and the 5 cards recordings."""
+def real_speech_wer(pipe, root: Path, change=None) -> dict:
+    """WER (digits spelled out, case and punctuation ignored) on goforward.raw and the 5 cards recordings, each
+    first passed through ``change`` (waveform -> waveform) when given."""
     from .asr import wer_form
     from .evaluate import word_errors
     from .io import load_audio
@@ -39,16 +40,17 @@ def real_speech_wer(pipe, root: Path) -> dict:
     errors = words = 0
     hyps = []
     for x, ref in items:
-        hyp = pipe.asr.transcribe(x)[0]
+        hyp = pipe.asr.transcribe(change(x) if change else x)[0]
         hyps.append({"reference": ref, "transcript": hyp})
         errors += word_errors(wer_form(ref), wer_form(hyp))
         words += len(wer_form(ref))
     return {"wer": errors / max(words, 1), "n": len(items), "transcripts": hyps}
 
 
-def coffee_rejection(pipe, root: Path, limit: int | None = None) -> dict:
+def coffee_rejection(pipe, root: Path, limit: int | None = None, change=None) -> dict:
     """The SNIPS model on 40 real spoken coffee orders: none belongs to its domain, so each must be rejected.
-    Also how many labelled slot values the transcript contains (a WER stand-in: no reference transcripts)."""
+    Also how many labelled slot values the transcript contains (a WER stand-in: no reference transcripts).
+    ``change``: waveform -> waveform applied to each recording first."""
     from .asr import wer_form
     from .io import load_audio
 
@@ -56,7 +58,8 @@ def coffee_rejection(pipe, root: Path, limit: int | None = None) -> dict:
     items = sorted(labels.items())[:limit]
     rejected, found, total, reasons = 0, 0, 0, {}
     for name, lab in items:
-        r = pipe.understand(audio=load_audio(root / "clean" / name))
+        x = load_audio(root / "clean" / name)
+        r = pipe.understand(audio=change(x) if change else x)
         rejected += r["out_of_scope"]
         reasons[r["reason"] or "accepted"] = reasons.get(r["reason"] or "accepted", 0) + 1
         heard = " " + " ".join(wer_form(r["transcript"])) + " "
@@ -66,6 +69,23 @@ def coffee_rejection(pipe, root: Path, limit: int | None = None) -> dict:
                 found += f" {' '.join(wer_form(v))} " in heard
     return {"rejected": rejected / max(len(items), 1), "n": len(items), "reasons": reasons,
             "slot_values_in_transcript": found / max(total, 1)}
+
+
+def _recording_rows(report, pipe, real: Path, quick: bool) -> None:
+    """The real recordings as other microphones and lines would deliver them (evaluate.recording_variants)."""
+    from .evaluate import recording_variants
+
+    variants = recording_variants()
+    wers = {k: real_speech_wer(pipe, real / "pocketsphinx", change)["wer"] for k, change in variants.items()}
+    report.details["real_wer_by_recording"] = wers
+    worst = max(wers, key=wers.get)
+    report.add(f"real speech WER under {len(wers)} recording conditions ({', '.join(wers)}): median / worst",
+               f"{float(np.median(list(wers.values()))):.2f} / {wers[worst]:.2f} ({worst})")
+    rejected = {k: coffee_rejection(pipe, real / "coffee", limit=10 if quick else None, change=variants[k])["rejected"]
+                for k in ("telephone 8 kHz", "noise 15 dB SNR")}
+    report.details["coffee_rejected_by_recording"] = rejected
+    report.add("real coffee orders rejected over a telephone line / in 15 dB noise",
+               " / ".join(f"{v:.2f}" for v in rejected.values()))
 
 
 def speech_intent(pipe, dev: list[dict], n: int, workdir: Path) -> dict:
@@ -124,6 +144,7 @@ def run_bench(quick: bool = False) -> BenchReport:
         report.add(f"real coffee orders rejected ({c['n']}, outside SNIPS)", c["rejected"], COFFEE_REJECTED)
         report.add("coffee: labelled slot values found in the transcript", c["slot_values_in_transcript"])
         report.details["coffee_reasons"] = c["reasons"]
+        _recording_rows(report, pipe, real, quick)
         if espeak_available():
             with tempfile.TemporaryDirectory() as tmp:
                 s = speech_intent(pipe, dev, 30 if quick else 140, Path(tmp))

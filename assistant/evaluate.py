@@ -210,3 +210,34 @@ def evaluate_examples(pipe, examples: list[dict], use_audio: bool = True) -> dic
     if text:
         out["text_rows"] = evaluate_text(pipe, text)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- robustness
+def recording_variants(seed: int = 0) -> dict:
+    """How other microphones and lines would deliver the same 16 kHz utterance: {name: waveform -> waveform}. A
+    telephone line (300-3400 Hz, 8 kHz), room noise at 15 dB SNR, a far, quiet speaker (-30 dB), an overdriven
+    input (clipped at 8x gain), and 3 s of silence before and after. For measuring, never for choosing."""
+    from scipy import signal
+
+    def telephone(x):
+        band = signal.butter(6, [300, 3400], "bandpass", fs=16000, output="sos")
+        return signal.resample_poly(signal.resample_poly(signal.sosfilt(band, x), 1, 2), 2, 1).astype(np.float32)
+
+    def noisy(x):
+        rng = np.random.default_rng([seed, len(x)])
+        power = float(np.mean(np.square(x))) or 1e-8
+        return (x + rng.normal(0.0, np.sqrt(power / 10 ** 1.5), x.shape)).astype(np.float32)
+
+    def quiet(x):
+        return (x * 10 ** (-30 / 20)).astype(np.float32)
+
+    def clipped(x):
+        peak = float(np.abs(x).max()) or 1.0
+        return np.clip(x * 8 / peak, -1.0, 1.0).astype(np.float32)
+
+    def padded(x):
+        pad = np.zeros(3 * 16000, dtype=np.float32)
+        return np.concatenate([pad, np.asarray(x, np.float32), pad])
+
+    return {"telephone 8 kHz": telephone, "noise 15 dB SNR": noisy, "quiet -30 dB": quiet, "clipped": clipped,
+            "3 s silence around": padded}

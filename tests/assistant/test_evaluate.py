@@ -64,3 +64,26 @@ def test_tags_follow_the_words_the_asr_heard():
     # a deleted span start leaves a valid BIO sequence (I- without B- becomes B-)
     assert align_tags(ref, tags, "play jazz davis".split()) == ["O", "B-genre", "B-artist"]
     assert align_tags(ref, tags, []) == []
+
+
+def test_recording_variants_do_what_their_names_say():
+    import numpy as np
+
+    from assistant.evaluate import recording_variants
+
+    t = np.arange(16000) / 16000
+    tone = lambda f: (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)  # noqa: E731
+    v = recording_variants()
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x[2000:-2000]))))  # noqa: E731  (filter edges left out)
+    phone = v["telephone 8 kHz"]
+    assert rms(phone(tone(1000))) > 0.8 * rms(tone(1000))  # speech band passes
+    assert rms(phone(tone(100))) < 0.1 * rms(tone(100)) and rms(phone(tone(5000))) < 0.05 * rms(tone(5000))
+    x = tone(440)
+    noise = v["noise 15 dB SNR"](x) - x
+    assert abs(10 * np.log10(np.mean(x ** 2) / np.mean(noise ** 2)) - 15) < 0.5
+    assert np.allclose(v["quiet -30 dB"](x), x * 10 ** -1.5, atol=1e-7)
+    c = v["clipped"](x)
+    assert c.max() == 1.0 and (np.abs(c) == 1.0).mean() > 0.5
+    p = v["3 s silence around"](x)
+    assert len(p) == len(x) + 96000 and not p[:48000].any() and np.array_equal(p[48000:-48000], x)
+    assert all(f(x).dtype == np.float32 for f in v.values())
