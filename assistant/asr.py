@@ -256,10 +256,11 @@ class WhisperRecognizer:
         finally:
             tap.one_window = False
         words = trim_repetition(words)
-        # Whisper adds a word or two after the speech in noise ("... tomorrow hello", p 0.13): drop unsure ones
-        for _ in range(2):
-            if len(words) > 1 and words[-1]["probability"] < TRAILING_MIN_PROBABILITY:
-                words = words[:-1]
+        # Whisper adds words after the speech in noise or a pause ("... tomorrow hello so you", p 0.10 / 0.03 / 0.04):
+        # drop the unsure tail, however long (it was at most two words until a CPU with other int8 kernels heard
+        # three; on the espeak validation voices WER 0.4361 -> 0.4354, festival unchanged)
+        while len(words) > 1 and words[-1]["probability"] < TRAILING_MIN_PROBABILITY:
+            words = words[:-1]
         self._states = (tap.first, x)  # sliced on demand: a text-only model never pays the VAD
         text = " ".join(w["word"] for w in words)
         self._nbest = self._alternatives(text, beam.results)
