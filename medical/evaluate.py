@@ -237,8 +237,10 @@ def scan_variants(vol, seed: int = 0) -> dict:
 
     from scipy import ndimage
 
+    from .io import default_affine
+
     a, sp = vol.array.astype(np.float32), tuple(float(s) for s in vol.spacing)
-    aff = vol.affine if vol.affine is not None else __import__("medical.io", fromlist=["x"]).default_affine(sp)
+    aff = vol.affine if vol.affine is not None else default_affine(sp)
     rng = np.random.default_rng(seed)
 
     def make(array, spacing=sp, affine=aff, name=""):

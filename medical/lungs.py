@@ -195,8 +195,6 @@ def canonical_volume(vol):
 
     from nibabel import orientations
 
-    from .io import default_affine
-
     if vol.affine is None:  # no orientation in the header: default_affine already reads it as (S, P, L)
         return vol
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine
