@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from mmapps.cli_utils import (DEVICE_OPT, JSON_OPT, MODEL_OPT, OUT_OPT, SHARD_OPT, WORKERS_OPT, emit_json,
-                              print_table, run_command)
+from mmapps.cli_utils import (DEVICE_OPT, JSON_OPT, MODEL_OPT, OUT_OPT, SHARD_OPT, WORKERS_OPT, console,
+                              emit_json, print_table, run_command)
 
 app = typer.Typer(help="Camera + lidar + GPS -> 3D detection of cars, pedestrians and cyclists (KITTI formats).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -160,7 +160,6 @@ def evaluate(data: Path = typer.Argument(..., help="labelled KITTI folder (root 
 def check_interrupted(split, ids=()) -> None:
     """A synthetic split whose synth run was interrupted: a frame it never finished is an error that says how to
     finish the run; otherwise a warning on stderr (the finished frames are complete and usable)."""
-    from mmapps.cli_utils import console
     from mmapps.errors import UserError
 
     from .synth import interrupted_note
@@ -239,7 +238,7 @@ def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
     if opts.out is not None:
         opts.out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".perceive-partial-", dir=opts.out))
-    results, written = [], []
+    results, written, warned = [], [], 0
     try:
         for i, load in enumerate(loaders):
             f = load()
@@ -248,6 +247,7 @@ def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
             res = pipe.perceive(f, tracker)
             kitti = res.pop("kitti")
             res["input"] = used
+            warned = _warn_once(res, warned)
             if staging is not None:
                 names = [f"{f.id}.txt", f"{f.id}_bev.png", f"{f.id}_camera.png"]
                 write_label(staging / names[0], kitti)
@@ -262,7 +262,21 @@ def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+    if warned > 1:
+        console.print(f"warning: {warned - 1} more frame(s) with warnings (each JSON line lists its own)",
+                      highlight=False)
     return results
+
+
+def _warn_once(res: dict, warned: int) -> int:
+    """A frame's warnings on stderr for the first frame that has any (a folder of 0-255 clouds would otherwise
+    repeat one line per frame); returns how many frames have had warnings so far."""
+    if not res["warnings"]:
+        return warned
+    if not warned:
+        for note in res["warnings"]:
+            console.print(f"warning: frame {res['frame']}: {note}", highlight=False)
+    return warned + 1
 
 
 @app.command()

@@ -45,6 +45,27 @@ def read_velodyne(path, dims: int = 4) -> np.ndarray:
     return pts
 
 
+def unit_reflectance(points: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """The cloud with its reflectance in KITTI's [0, 1], and a note when it had to be scaled (else None).
+
+    KITTI stores reflectance as a float in [0, 1]; nuScenes and many drivers' exports store an 8-bit intensity
+    (0-255), some a 16-bit one. The detector was trained on [0, 1] and clips above 1, so such a cloud would read as
+    uniformly bright (the real KITTI frames with their reflectance x255, unscaled: 1 of 000008's 6 cars found instead of
+    3, and 2 false boxes on 000001 instead of 0). Above 2 up to 255 the values are read as 8 bit, up to 65535 as 16
+    bit; anything else above 1 is divided by its maximum. Returns a scaled copy (the input is not changed).
+    """
+    r = points[:, 3]
+    top = float(r.max()) if len(r) else 0.0
+    if top <= 1.0 + 1e-3:
+        return points, None
+    scale, what = (255.0, "an 8-bit intensity") if 2.0 < top <= 255.0 else \
+        (65535.0, "a 16-bit intensity") if 255.0 < top <= 65535.0 else (top, "an unknown scale")
+    out = points.copy()
+    out[:, 3] = r / scale
+    return out, (f"lidar reflectance goes up to {top:g}, not KITTI's [0, 1]: read as {what} and divided by "
+                 f"{scale:g}")
+
+
 def _refuse_kitti_read_as_five(raw: bytes, path) -> None:
     """A KITTI cloud (4 values per point) whose size happens to divide by 20 is not a nuScenes cloud: its
     reflectance is in [0, 1] read as 4 values, while read as 5 the 5th value (the ring index) is not an integer."""
@@ -392,6 +413,7 @@ class Frame:
     labels: list[Object3D] | None = None
     oxts: np.ndarray | None = None
     source: str = ""
+    notes: list[str] = field(default_factory=list)  # what reading or detection had to assume (shown as warnings)
 
 
 def resolve_split(root) -> Path:

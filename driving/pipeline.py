@@ -12,6 +12,7 @@ runs detection once per frame and reports that one run's wall time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 
@@ -24,7 +25,7 @@ from mmapps.pipeline import check_finite_output
 
 from .classical import ClassicalConfig, classical_detect
 from .geometry import in_camera_view
-from .io import Frame, Object3D, lidar_box_to_label, lidar_to_world
+from .io import Frame, Object3D, lidar_box_to_label, lidar_to_world, unit_reflectance
 from .models import MODALITIES, BEVFusionDetector, DetectorConfig
 from .preprocess import make_sample
 from .tracking import Tracker
@@ -100,6 +101,9 @@ class Pipeline(BasePipeline):
             {"frame", and for the learned method "batch": {"lidar": [1, C, NX, NY], "camera": [1, 3, h, w],
             "proj": [1, 3, 4], "present": {modality: [1] bool}, "ground": [1, hx, hy] (ground-relative models)}}.
         """
+        points, note = unit_reflectance(frame.points)  # a 0-255 intensity would read as all bright: see its doc
+        if note is not None:
+            frame = dataclasses.replace(frame, points=points, notes=[*frame.notes, note])
         if self.method == "classical":
             return {"frame": frame}
         modalities = self.modalities if modalities is None else modalities
@@ -156,7 +160,8 @@ class Pipeline(BasePipeline):
 
     def postprocess(self, outputs: dict, inputs: dict) -> dict:
         """Returns {"frame", "method", "objects": [{"class", "score", "box3d": {x,y,z,l,w,h,yaw} (lidar frame),
-        "box2d": [l, t, r, b], "world": {"lat", "lon"} (with oxts)}], "kitti": [Object3D] (result file rows)}."""
+        "box2d": [l, t, r, b], "world": {"lat", "lon"} (with oxts)}], "warnings": [what reading or detection had to
+        assume, e.g. a reflectance scale], "kitti": [Object3D] (result file rows)}."""
         frame = inputs["frame"]
         dets = self._decode(outputs, inputs)
         labels = self.to_objects(frame, dets)
@@ -170,7 +175,8 @@ class Pipeline(BasePipeline):
             if world is not None:
                 o["world"] = {"lat": round(float(world[k, 0]), 8), "lon": round(float(world[k, 1]), 8)}
             objects.append(o)
-        return {"frame": frame.id, "objects": objects, "method": self.method, "kitti": labels}
+        return {"frame": frame.id, "objects": objects, "method": self.method, "warnings": list(frame.notes),
+                "kitti": labels}
 
     # -- public API ----------------------------------------------------------------------------------
     def detect(self, frame: Frame, modalities=None) -> list[dict]:

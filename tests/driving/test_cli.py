@@ -278,3 +278,32 @@ def test_train_refiner_cli_adds_a_second_stage(syn_root, tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train-refiner", str(syn_root), "--init", str(tmp_path / "none.pt"), "--out", str(out)])
     assert r.exit_code == 2 and "error:" in r.stderr and "checkpoint file not found" in r.stderr
+
+
+@needs_model
+def test_perceive_reads_a_0_255_intensity_cloud_as_the_same_frame(syn_root, tmp_path):
+    """A cloud exported with an 8-bit intensity (nuScenes, many drivers) is detected like its KITTI original, with
+    one warning line on stderr and the warning in the JSON; unscaled, the detector would see it uniformly bright."""
+    import numpy as np
+
+    from driving.io import read_velodyne, write_velodyne
+
+    split = syn_root / "training"
+    pts = read_velodyne(split / "velodyne/000000.bin")
+    bright = pts.copy()
+    bright[:, 3] = pts[:, 3] * 255.0
+    write_velodyne(tmp_path / "000000.bin", bright)
+    runs = {}
+    for name, lidar in (("kitti", split / "velodyne/000000.bin"), ("bright", tmp_path / "000000.bin")):
+        r = runner.invoke(app, ["perceive", "--lidar", str(lidar), "--image", str(split / "image_2/000000.png"),
+                                "--calib", str(split / "calib/000000.txt"), "--json"])
+        assert r.exit_code == 0, r.output
+        runs[name] = (_lines(r.stdout)[0], r.stderr)
+    (kitti, kitti_err), (scaled, scaled_err) = runs["kitti"], runs["bright"]
+    assert kitti["warnings"] == [] and "warning" not in kitti_err
+    assert len(scaled["warnings"]) == 1 and "8-bit intensity" in scaled["warnings"][0]
+    assert scaled_err.count("warning: frame 000000: lidar reflectance") == 1
+    assert kitti["objects"], "the synthetic frame holds labelled objects"
+    assert [o["class"] for o in scaled["objects"]] == [o["class"] for o in kitti["objects"]]
+    for a, b in zip(scaled["objects"], kitti["objects"]):
+        assert all(abs(a["box3d"][k] - b["box3d"][k]) < 0.01 for k in a["box3d"])

@@ -179,3 +179,23 @@ def test_fuzz_text_formats(tmp_path, kitti_real, data):
         reader(p)
     except UserError:
         pass
+
+
+def test_unit_reflectance_reads_8_and_16_bit_intensities_as_kitti_reflectance():
+    from driving.io import unit_reflectance
+
+    rng = np.random.default_rng(0)
+    kitti = np.c_[rng.normal(size=(500, 3)), rng.uniform(0, 1, 500)].astype(np.float32)
+    same, note = unit_reflectance(kitti)
+    assert same is kitti and note is None  # already in [0, 1]: untouched, no copy
+    for scale, word in ((255.0, "8-bit"), (65535.0, "16-bit")):
+        raw = kitti.copy()
+        raw[:, 3] = np.round(kitti[:, 3] * scale)
+        out, note = unit_reflectance(raw)
+        assert word in note and f"{scale:g}" in note
+        assert np.abs(out[:, 3] - kitti[:, 3]).max() <= 0.5 / scale + 1e-6
+        assert np.array_equal(out[:, :3], kitti[:, :3]) and raw[:, 3].max() > 1  # the input is not changed
+    odd = kitti.copy()
+    odd[:, 3] *= 1.5  # neither scale: divided by its maximum
+    out, note = unit_reflectance(odd)
+    assert "unknown scale" in note and np.isclose(out[:, 3].max(), 1.0)
