@@ -127,7 +127,7 @@ def run_bench(quick: bool = False) -> BenchReport:
 
 def _variant_rows(report, pipe, frames) -> None:
     """The real frames as other mountings and lidars would record them (driving.evaluate.sensor_variants)."""
-    from .evaluate import variant_counts
+    from .evaluate import export_variants, variant_counts
 
     per_frame = {f.id: variant_counts(pipe, f) for f in frames}
     report.details["real_frame_variants"] = per_frame
@@ -139,3 +139,10 @@ def _variant_rows(report, pipe, frames) -> None:
                f"{found[0]} / {found[len(found) // 2]} / {found[-1]} ({worst})")
     false = {k: max(c[k]["bev0.5"]["false"] for c in per_frame.values()) for k in changed}
     report.add("... most false detections in a frame under those changes", max(false.values()))
+    exported = {f.id: variant_counts(pipe, f, variants=export_variants())["8-bit intensity (0-255)"] for f in frames}
+    report.details["real_frames_8bit_intensity"] = exported
+    e8 = exported["000008"]
+    report.add("real frames exported with an 8-bit intensity (0-255, scaled back with a warning): 000008 cars at "
+               "BEV 0.5 / 3D 0.7; false 000001 / 000008",
+               f"{e8['bev0.5']['found']} / {e8['3d0.7']['found']}; "
+               f"{exported['000001']['bev0.5']['false']} / {e8['bev0.5']['false']}")

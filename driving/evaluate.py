@@ -169,14 +169,26 @@ def sensor_variants() -> dict:
             "reflectance x0.5": bright(0.5), "reflectance x2": bright(2.0)}
 
 
-def variant_counts(pipe, frame, cls: str = "Car") -> dict:
-    """{variant: {"bev0.5": frame_counts, "3d0.7": frame_counts}} for the frame as recorded and under every
-    :func:`sensor_variants` change, the detections mapped back to the recorded frame before counting."""
+def export_variants() -> dict:
+    """The same sweep as other tools write it, in :func:`sensor_variants`' form: an 8-bit intensity (0-255, as
+    nuScenes and many drivers' exports store it) instead of KITTI's [0, 1] reflectance. For measuring."""
+    def eight_bit(p):
+        p = p.copy()
+        p[:, 3] = np.round(p[:, 3] * 255.0)
+        return p
+
+    return {"8-bit intensity (0-255)": (eight_bit, lambda b: b)}
+
+
+def variant_counts(pipe, frame, cls: str = "Car", variants: dict | None = None) -> dict:
+    """{variant: {"bev0.5": frame_counts, "3d0.7": frame_counts}} for the frame as recorded and under every change of
+    ``variants`` (default :func:`sensor_variants`), the detections mapped back to the recorded frame before counting."""
     from .io import lidar_box_to_label
 
     shape = frame.image.shape if frame.image is not None else None
+    variants = sensor_variants() if variants is None else variants
     out = {}
-    for name, (pts, box) in {"as recorded": (lambda p: p, lambda b: b), **sensor_variants()}.items():
+    for name, (pts, box) in {"as recorded": (lambda p: p, lambda b: b), **variants}.items():
         changed = copy.copy(frame)
         changed.points = pts(frame.points)
         dets = pipe.detect(changed)

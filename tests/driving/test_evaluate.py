@@ -207,3 +207,18 @@ def test_sensor_variants_map_boxes_back_to_the_recorded_frame():
         back = box(np.r_[p[0, :3], b[3:6], yaw])
         np.testing.assert_allclose(back[:6], b[:6], atol=1e-9, err_msg=name)
         assert abs((back[6] - b[6] + np.pi) % (2 * np.pi) - np.pi) < 1e-3, name  # pitch tilts the heading slightly
+
+
+def test_export_variants_write_the_reflectance_as_an_8_bit_intensity():
+    from driving.evaluate import export_variants
+    from driving.io import unit_reflectance
+
+    pts = np.array([[10.0, 1.0, -1.0, 0.0], [20.0, -2.0, -0.5, 0.06], [5.0, 0.0, 0.0, 1.0]], np.float32)
+    (name, (change, box)), = export_variants().items()
+    out = change(pts)
+    assert "8-bit" in name and np.array_equal(out[:, 3], [0, 15, 255]) and np.array_equal(out[:, :3], pts[:, :3])
+    assert pts[2, 3] == 1.0  # the input is not changed
+    b = np.arange(7.0)
+    assert np.array_equal(box(b), b)
+    back, note = unit_reflectance(out)  # what the pipeline does with it
+    assert note and np.abs(back[:, 3] - pts[:, 3]).max() <= 0.5 / 255 + 1e-6
