@@ -238,7 +238,7 @@ def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
     if opts.out is not None:
         opts.out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".perceive-partial-", dir=opts.out))
-    results, written, warned = [], [], 0
+    results, written = [], []
     try:
         for i, load in enumerate(loaders):
             f = load()
@@ -247,7 +247,6 @@ def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
             res = pipe.perceive(f, tracker)
             kitti = res.pop("kitti")
             res["input"] = used
-            warned = _warn_once(res, warned)
             if staging is not None:
                 names = [f"{f.id}.txt", f"{f.id}_bev.png", f"{f.id}_camera.png"]
                 write_label(staging / names[0], kitti)
@@ -262,21 +261,19 @@ def run_perceive(source: FrameSource, opts: PerceiveOptions) -> list[dict]:
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    if warned > 1:
-        console.print(f"warning: {warned - 1} more frame(s) with warnings (each JSON line lists its own)",
-                      highlight=False)
+    _print_warnings(results)
     return results
 
 
-def _warn_once(res: dict, warned: int) -> int:
-    """A frame's warnings on stderr for the first frame that has any (a folder of 0-255 clouds would otherwise
-    repeat one line per frame); returns how many frames have had warnings so far."""
-    if not res["warnings"]:
-        return warned
-    if not warned:
-        for note in res["warnings"]:
-            console.print(f"warning: frame {res['frame']}: {note}", highlight=False)
-    return warned + 1
+def _print_warnings(results: list[dict]) -> None:
+    """The first warned frame's warnings on stderr, and how many more frames have some (a folder of 0-255 clouds
+    would otherwise repeat one line per frame). Only once every frame succeeded: a failed run prints its error only."""
+    warned = [res for res in results if res["warnings"]]
+    for note in warned[0]["warnings"] if warned else []:
+        console.print(f"warning: frame {warned[0]['frame']}: {note}", highlight=False)
+    if len(warned) > 1:
+        console.print(f"warning: {len(warned) - 1} more frame(s) with warnings (each JSON line lists its own)",
+                      highlight=False)
 
 
 @app.command()

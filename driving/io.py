@@ -52,10 +52,15 @@ def unit_reflectance(points: np.ndarray) -> tuple[np.ndarray, str | None]:
     (0-255), some a 16-bit one. The detector was trained on [0, 1] and clips above 1, so such a cloud would read as
     uniformly bright (the real KITTI frames with their reflectance x255, unscaled: 1 of 000008's 6 cars found instead of
     3, and 2 false boxes on 000001 instead of 0). Above 2 up to 255 the values are read as 8 bit, up to 65535 as 16
-    bit; anything else above 1 is divided by its maximum. Returns a scaled copy (the input is not changed).
+    bit; anything else above 1 is divided by its maximum. Returns a scaled copy (the input is not changed). A cloud
+    whose reflectance is 0 everywhere comes back unchanged, with a note that it has none.
     """
     r = points[:, 3]
     top = float(r.max()) if len(r) else 0.0
+    if len(r) and top == 0.0 and float(r.min()) == 0.0:
+        # measured: the real frames with every reflectance 0 put 1 / 3 false boxes on 000001 / 000008 (0 / 2)
+        return points, ("lidar reflectance is 0 for every point (a sensor or export without intensity): the detector "
+                        "was trained with reflectance and may find less and err more")
     if top <= 1.0 + 1e-3:
         return points, None
     scale, what = (255.0, "an 8-bit intensity") if 2.0 < top <= 255.0 else \

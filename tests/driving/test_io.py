@@ -199,3 +199,7 @@ def test_unit_reflectance_reads_8_and_16_bit_intensities_as_kitti_reflectance():
     odd[:, 3] *= 1.5  # neither scale: divided by its maximum
     out, note = unit_reflectance(odd)
     assert "unknown scale" in note and np.isclose(out[:, 3].max(), 1.0)
+    dark = kitti.copy()
+    dark[:, 3] = 0.0  # a sensor without intensity: kept, and said
+    out, note = unit_reflectance(dark)
+    assert out is dark and "0 for every point" in note
