@@ -110,14 +110,17 @@ def read_chest_ct(vol) -> ChestScan:
     small, steps, sp = _coarse(hu, spacing)
     air = float(np.mean(small < -900))
     tissue = float(np.mean((small > -200) & (small < 300)))
-    if air < 0.005 or tissue < 0.02:
+    shifted = _shifted_by_intercept(small)
+    if shifted:
+        reasons.append(shifted)
+    elif air < 0.005 or tissue < 0.02:
         reasons.append(f"intensities are not those of a CT of the body in Hounsfield units (air < -900 HU: "
                        f"{air:.1%} of voxels, soft tissue -200..300 HU: {tissue:.1%})")
     part = vol.tags.get("BodyPartExamined", "").upper() if getattr(vol, "tags", None) else ""
     stats: dict = {"field_of_view_mm": [round(fov[1], 1), round(fov[0], 1)], "scan_length_mm": round(extent, 1),
                    "body_part_examined": part or None}
-    if reasons:
-        return ChestScan(False, _hint(reasons, part, chest_seen=False), warnings, stats=stats)
+    if reasons:  # (values off the HU scale say nothing about what the image shows)
+        return ChestScan(False, reasons if shifted else _hint(reasons, part, chest_seen=False), warnings, stats=stats)
 
     lung, body = _lung_regions(small, sp)
     area_cm2 = sp[1] * sp[2] / 100.0
@@ -211,6 +214,25 @@ def canonical_volume(vol):
     affine = vol.affine @ orientations.inv_ornt_aff(turn, vol.array.shape)
     spacing = tuple(float(vol.spacing[i]) for i in order)
     return dataclasses.replace(vol, array=array, spacing=spacing, affine=affine)
+
+
+def _shifted_by_intercept(small: np.ndarray) -> str | None:
+    """The reason for a CT whose values are stored pixel values, not HU (the Rescale Intercept, -1024 on most
+    scanners, lost in an export or a NIfTI conversion): no air below -900 once the padding outside the
+    reconstruction circle is set aside, but much near 0 (air + 1024) and near +1050 (soft tissue + 1024). Such a
+    scan would otherwise read as 'no lungs found'. Not corrected: the intercept is not known for sure."""
+    lowest = float(small.min())
+    body = small[small != lowest] if np.mean(small == lowest) >= 0.01 else small.ravel()  # padding aside
+    if body.size == 0:
+        return None
+    air = float(np.mean(body < -900))
+    near_zero = float(np.mean(np.abs(body) < 150))
+    near_1050 = float(np.mean((body > 850) & (body < 1250)))
+    if air >= 0.005 or near_zero < 0.05 or near_1050 < 0.05:
+        return None
+    return (f"intensities look like stored pixel values, not Hounsfield units: no air below -900 HU, but "
+            f"{near_zero:.0%} of voxels near 0 and {near_1050:.0%} near +1050 (air and soft tissue + 1024); the "
+            f"Rescale Intercept (usually -1024) seems lost, e.g. by an export or a NIfTI conversion")
 
 
 def _hint(reasons: list[str], part: str, chest_seen: bool) -> list[str]:

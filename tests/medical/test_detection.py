@@ -77,6 +77,19 @@ def test_abdomen_head_and_single_slice_are_not_assessable():
     assert not head.assessable and any("slice" in r for r in head.reasons)
 
 
+def test_a_ct_without_its_rescale_intercept_is_refused_with_that_reason():
+    """Stored pixel values (HU + 1024, the intercept lost by an export) used to read as 'no lungs found'."""
+    vol, _, _ = _chest(5, size_mm=18.0)
+    vol.tags = {"BodyPartExamined": "CHEST"}
+    assert read_chest_ct(vol).assessable
+    for stored in (vol.array + 1024.0, np.where(vol.array > -1500, vol.array + 1024.0, -2000.0)):  # padding kept
+        shifted = Volume(stored, vol.spacing, "CT", "phantom", affine=vol.affine, tags=vol.tags)
+        scan = read_chest_ct(shifted)
+        assert not scan.assessable and len(scan.reasons) == 1  # no 'BodyPartExamined says CHEST' hint either
+        assert "not Hounsfield units" in scan.reasons[0] and "Rescale Intercept" in scan.reasons[0]
+    assert not any("Intercept" in r for r in read_chest_ct(_abdomen()).reasons)  # a real non-chest reason stays
+
+
 def test_partial_chest_slab_is_assessed_with_a_coverage_warning():
     vol, _, _ = _chest(6)
     slab = Volume(vol.array[28:40], vol.spacing, "CT", "slab", affine=vol.affine)
