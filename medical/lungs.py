@@ -44,6 +44,8 @@ class ChestScan:
         affine: 4x4, working index -> DICOM patient coordinates (LPS, mm).
         lung: bool [Z, Y, X] lung mask after closing (nodules and vessels inside).
         stats: lung volume (mL), coverage (mm), emphysema fraction, lung z range (working index), ...
+        preview: when not assessable, the middle axial slice as read (HU, anterior up, the patient's right on the
+            left) and its (row, column) pixel size in mm, for the report: what was refused, not only why.
     """
 
     assessable: bool
@@ -54,6 +56,7 @@ class ChestScan:
     affine: np.ndarray | None = None
     lung: np.ndarray | None = None
     stats: dict = field(default_factory=dict)
+    preview: tuple[np.ndarray, tuple[float, float]] | None = None
 
     def index_to_lps(self, index) -> list[float]:
         return [float(v) for v in (self.affine @ np.array([*[float(i) for i in index], 1.0]))[:3]]
@@ -100,6 +103,7 @@ def read_chest_ct(vol) -> ChestScan:
     warnings: list[str] = []
     fov = (H * spacing[1], W * spacing[2])
     extent = D * spacing[0]
+    preview = (hu[D // 2].copy(), (float(spacing[1]), float(spacing[2])))  # shown in the report if refused
     if D < MIN_SLICES:
         reasons.append(f"{D} slice(s): a volume of at least {MIN_SLICES} slices is needed to judge nodules")
     if min(fov) < MIN_FOV_MM:
@@ -120,7 +124,8 @@ def read_chest_ct(vol) -> ChestScan:
     stats: dict = {"field_of_view_mm": [round(fov[1], 1), round(fov[0], 1)], "scan_length_mm": round(extent, 1),
                    "body_part_examined": part or None}
     if reasons:  # (values off the HU scale say nothing about what the image shows)
-        return ChestScan(False, reasons if shifted else _hint(reasons, part, chest_seen=False), warnings, stats=stats)
+        return ChestScan(False, reasons if shifted else _hint(reasons, part, chest_seen=False), warnings, stats=stats,
+                         preview=preview)
 
     lung, body = _lung_regions(small, sp)
     area_cm2 = sp[1] * sp[2] / 100.0
@@ -133,7 +138,7 @@ def read_chest_ct(vol) -> ChestScan:
     if len(lung_slices) == 0 or volume_ml < MIN_LUNG_ML:
         reasons.append(f"no lungs found: no air-filled lung region inside the body ({volume_ml:.0f} mL; "
                        f">= {MIN_LUNG_ML:.0f} mL expected in a chest CT): not a CT of the chest")
-        return ChestScan(False, _hint(reasons, part, chest_seen=False), warnings, stats=stats)
+        return ChestScan(False, _hint(reasons, part, chest_seen=False), warnings, stats=stats, preview=preview)
     # Two lungs: lung volume on both sides of the body's midline (per slice, the body's centre column).
     cols = np.arange(lung.shape[2])[None, :]
     left = right = 0.0
@@ -156,7 +161,7 @@ def read_chest_ct(vol) -> ChestScan:
         reasons.append(f"lung tissue only in the {edge} {coverage:.0f} mm of a {extent:.0f} mm scan: the lung "
                        f"{'bases' if at_top else 'apices'} at the edge of a scan of another body region")
     if reasons:
-        return ChestScan(False, _hint(reasons, part, chest_seen=False), warnings, stats=stats)
+        return ChestScan(False, _hint(reasons, part, chest_seen=False), warnings, stats=stats, preview=preview)
     if at_top or at_bottom:
         where = " and ".join(w for w, f in (("top", at_top), ("bottom", at_bottom)) if f)
         warnings.append(f"partial chest coverage: the scan covers {coverage:.0f} mm of the lungs, which continue "

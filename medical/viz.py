@@ -50,10 +50,26 @@ def write_report(out_dir: Path, inputs: dict, cam: np.ndarray | None, result: di
     fig.suptitle(f"{head}  -  {cat.replace('_', ' ')}   (synthetic-data model, not for clinical use)",
                  color=colour, fontsize=11)
     if not result["assessable"]:
-        ax = fig.add_subplot(1, 1, 1)
-        text = "NOT ASSESSABLE\n\n" + "\n".join(textwrap.fill(r, 110) for r in result["reasons"])
+        scan = analysis["scan"] if analysis is not None else None
+        preview = getattr(scan, "preview", None)
+        ax = fig.add_subplot(1, 3, (1, 2)) if preview is not None else fig.add_subplot(1, 1, 1)
+        width = 70 if preview is not None else 110
+        text = "NOT ASSESSABLE\n\n" + "\n\n".join(textwrap.fill(r, width) for r in result["reasons"])
         ax.text(0.02, 0.95, text, ha="left", va="top", fontsize=9, family="monospace", transform=ax.transAxes)
         ax.axis("off")
+        if preview is not None:  # what was refused, as read: a head, an abdomen, values off the HU scale
+            image, (row_mm, col_mm) = preview
+            lo, hi, how = -1000.0, 300.0, "HU -1000..300"
+            if np.mean((image >= lo) & (image <= hi)) < 0.2:  # hardly anything in the HU window: show its own range
+                lo, hi = (float(v) for v in np.percentile(image, [1, 99]))
+                how = f"its own range {lo:.0f}..{hi:.0f}"
+            ax = fig.add_subplot(1, 3, 3)
+            ax.imshow(image, cmap="gray", vmin=lo, vmax=max(hi, lo + 1), aspect=row_mm / col_mm,
+                      interpolation="bilinear")
+            ax.set_title(f"middle slice as read ({how})\n{image.shape[1] * col_mm:.0f} x "
+                         f"{image.shape[0] * row_mm:.0f} mm", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
     else:
         scan = analysis["scan"] if analysis is not None else None
         if scan is not None and nodules:

@@ -90,6 +90,23 @@ def test_a_ct_without_its_rescale_intercept_is_refused_with_that_reason():
     assert not any("Intercept" in r for r in read_chest_ct(_abdomen()).reasons)  # a real non-chest reason stays
 
 
+def test_a_refused_scan_keeps_its_middle_slice_for_the_report(tmp_path):
+    from PIL import Image
+
+    from medical.pipeline import Pipeline
+
+    vol = _abdomen()
+    scan = read_chest_ct(vol)
+    image, pixel_mm = scan.preview
+    assert not scan.assessable and image.shape == vol.array.shape[1:] and pixel_mm == vol.spacing[1:]
+    np.testing.assert_array_equal(image, vol.array[vol.array.shape[0] // 2])  # stored in the usual order already
+    res = Pipeline.from_checkpoint().predict(study=vol, report=tmp_path)
+    assert res["risk_category"] == "not_assessable"
+    png = np.asarray(Image.open(res["report"]).convert("L"))
+    right = png[40:, png.shape[1] * 2 // 3:]  # the slice panel: the body's grey and the air's black
+    assert (right < 30).mean() > 0.1 and ((right > 150) & (right < 240)).mean() > 0.1  # 40 HU: grey 204
+
+
 def test_partial_chest_slab_is_assessed_with_a_coverage_warning():
     vol, _, _ = _chest(6)
     slab = Volume(vol.array[28:40], vol.spacing, "CT", "slab", affine=vol.affine)
