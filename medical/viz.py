@@ -121,8 +121,10 @@ def _contributions(ax, result: dict) -> None:
     ax.locator_params(axis="x", nbins=5)
     ax.set_xlabel("probability change from each modality\n(all inputs minus that one masked)", fontsize=8)
     weights = result["contributions"].get("fusion_weights", {})
-    ax.set_title("modality contributions\nfusion weights: " + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()),
-                 fontsize=8)
+    # The attention weights only mix the learned embeddings for the head's residual; the measured CT variables and
+    # the record also enter its linear Brock/PLCO term: "ct 0.00" beside a large CT contribution is no contradiction.
+    ax.set_title("modality contributions\nresidual's fusion weights: "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()), fontsize=8)
     for i, v in enumerate(vals):
         ax.text(v, i, f" {v:+.3f}", va="center", fontsize=8)
 
