@@ -103,7 +103,6 @@ def read_chest_ct(vol) -> ChestScan:
     warnings: list[str] = []
     fov = (H * spacing[1], W * spacing[2])
     extent = D * spacing[0]
-    preview = (hu[D // 2].copy(), (float(spacing[1]), float(spacing[2])))  # shown in the report if refused
     if D < MIN_SLICES:
         reasons.append(f"{D} slice(s): a volume of at least {MIN_SLICES} slices is needed to judge nodules")
     if min(fov) < MIN_FOV_MM:
@@ -123,9 +122,15 @@ def read_chest_ct(vol) -> ChestScan:
     part = vol.tags.get("BodyPartExamined", "").upper() if getattr(vol, "tags", None) else ""
     stats: dict = {"field_of_view_mm": [round(fov[1], 1), round(fov[0], 1)], "scan_length_mm": round(extent, 1),
                    "body_part_examined": part or None}
-    if reasons:  # (values off the HU scale say nothing about what the image shows)
-        return ChestScan(False, reasons if shifted else _hint(reasons, part, chest_seen=False), warnings, stats=stats,
+
+    def refuse(hint: bool = True) -> ChestScan:
+        """Not assessable: the reasons (+ the BodyPartExamined hint), and the middle slice the report shows."""
+        preview = (hu[D // 2].copy(), (float(spacing[1]), float(spacing[2])))
+        return ChestScan(False, _hint(reasons, part, chest_seen=False) if hint else reasons, warnings, stats=stats,
                          preview=preview)
+
+    if reasons:  # (values off the HU scale say nothing about what the image shows: no hint then)
+        return refuse(hint=not shifted)
 
     lung, body = _lung_regions(small, sp)
     area_cm2 = sp[1] * sp[2] / 100.0
@@ -138,7 +143,7 @@ def read_chest_ct(vol) -> ChestScan:
     if len(lung_slices) == 0 or volume_ml < MIN_LUNG_ML:
         reasons.append(f"no lungs found: no air-filled lung region inside the body ({volume_ml:.0f} mL; "
                        f">= {MIN_LUNG_ML:.0f} mL expected in a chest CT): not a CT of the chest")
-        return ChestScan(False, _hint(reasons, part, chest_seen=False), warnings, stats=stats, preview=preview)
+        return refuse()
     # Two lungs: lung volume on both sides of the body's midline (per slice, the body's centre column).
     cols = np.arange(lung.shape[2])[None, :]
     left = right = 0.0
@@ -161,7 +166,7 @@ def read_chest_ct(vol) -> ChestScan:
         reasons.append(f"lung tissue only in the {edge} {coverage:.0f} mm of a {extent:.0f} mm scan: the lung "
                        f"{'bases' if at_top else 'apices'} at the edge of a scan of another body region")
     if reasons:
-        return ChestScan(False, _hint(reasons, part, chest_seen=False), warnings, stats=stats, preview=preview)
+        return refuse()
     if at_top or at_bottom:
         where = " and ".join(w for w, f in (("top", at_top), ("bottom", at_bottom)) if f)
         warnings.append(f"partial chest coverage: the scan covers {coverage:.0f} mm of the lungs, which continue "

@@ -49,8 +49,8 @@ def write_report(out_dir: Path, inputs: dict, cam: np.ndarray | None, result: di
     head = f"malignancy probability {p:.1%}" if p is not None else "no probability"
     fig.suptitle(f"{head}  -  {cat.replace('_', ' ')}   (synthetic-data model, not for clinical use)",
                  color=colour, fontsize=11)
+    scan = analysis["scan"] if analysis is not None else None
     if not result["assessable"]:
-        scan = analysis["scan"] if analysis is not None else None
         preview = getattr(scan, "preview", None)
         ax = fig.add_subplot(1, 3, (1, 2)) if preview is not None else fig.add_subplot(1, 1, 1)
         width = 70 if preview is not None else 110
@@ -71,7 +71,6 @@ def write_report(out_dir: Path, inputs: dict, cam: np.ndarray | None, result: di
             ax.set_xticks([])
             ax.set_yticks([])
     else:
-        scan = analysis["scan"] if analysis is not None else None
         if scan is not None and nodules:
             for i, n in enumerate(nodules[:MAX_NODULE_PANELS]):
                 ax = fig.add_subplot(1, n_panels, i + 1)
