@@ -37,6 +37,8 @@ def synth(out: Path = typer.Argument(..., help="output folder (wav/ + manifest.j
           seed: int = typer.Option(0, "--seed"),
           voices: str = typer.Option("en-us,en-gb,en-029", "--voices", help="comma-separated espeak-ng voices"),
           limit: Optional[int] = typer.Option(None, "--limit", help="at most N utterances"),
+          exclude: List[Path] = typer.Option([], "--exclude", help="manifest(s) whose utterances are left out (a "
+                                             "validation set disjoint from the training speech); repeatable"),
           workers: int = WORKERS_OPT, shard: Optional[str] = SHARD_OPT, json_out: bool = JSON_OPT):
     """Speech for a text intent dataset via espeak-ng (16 kHz wav, ~30 dB SNR noise)."""
     def go():
@@ -51,6 +53,16 @@ def synth(out: Path = typer.Argument(..., help="output folder (wav/ + manifest.j
         if limit is not None and limit < 1:
             raise typer.BadParameter("--limit must be >= 1")
         examples, used = load_dataset(from_)
+        if exclude:
+            from mmapps.errors import UserError
+
+            from .synth import without_spoken
+
+            n_before = len(examples)
+            examples = without_spoken(examples, exclude)
+            if not examples:
+                raise UserError(f"every utterance of {from_} is in --exclude: nothing left to speak")
+            used += f", {n_before - len(examples)} utterances spoken in --exclude left out"
         manifest = synth_dataset(examples, out, seed=seed, voices=tuple(v.strip() for v in voices.split(",") if v.strip()),
                                  limit=limit, shard=sh, workers=workers)
         n = sum(1 for _ in open(manifest, encoding="utf-8"))

@@ -99,6 +99,17 @@ def _synth_one(job: dict) -> dict:
             "voice": job["voice"], "speed": job["speed"], "pitch": job["pitch"], "seconds": round(len(x) / 16000, 3)}
 
 
+def without_spoken(examples: list[dict], manifests) -> list[dict]:
+    """The examples whose words no row of ``manifests`` holds (a transcribed row counts by its ``reference``): a
+    spoken validation set then shares no utterance with the speech a model was trained on."""
+    from .asr import wer_form  # casing, punctuation and digits do not make another utterance
+    from .io import read_manifest
+
+    spoken = {" ".join(wer_form(r.get("reference") or r.get("text") or "")) for m in manifests
+              for r in read_manifest(m)}
+    return [e for e in examples if " ".join(wer_form(e["text"])) not in spoken]
+
+
 def synth_dataset(examples: list[dict], out, seed: int = 0, voices=TRAIN_VOICES, limit: int | None = None,
                   shard: tuple[int, int] = (0, 1), workers: int = 1, progress: bool = True) -> Path:
     """Write OUT/wav/*.wav and OUT/manifest.jsonl ({audio, text, intent, tags, voice}) atomically."""

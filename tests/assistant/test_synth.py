@@ -32,3 +32,37 @@ def test_synth_dataset_manifest_and_shards(tmp_path):
 def test_voice_plan_is_deterministic():
     assert voice_plan(5, 7) == voice_plan(5, 7)
     assert voice_plan(5, 7) != voice_plan(5, 8)
+
+
+def _manifest(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_without_spoken_leaves_out_what_training_speech_holds(tmp_path):
+    from assistant.synth import without_spoken
+
+    examples = [{"text": t, "intent": "PlayMusic", "tags": ["O"] * len(t.split())}
+                for t in ("play jazz", "play some rock music", "put on the blues", "add abba to my playlist")]
+    spoken = _manifest(tmp_path / "spoken.jsonl", [{"text": "Play jazz.", "intent": "PlayMusic", "audio": "a.wav"}])
+    # a transcribed row counts by the text it was spoken from, not by what the recogniser heard
+    heard = _manifest(tmp_path / "heard.jsonl", [{"text": "put on the shoes", "intent": "PlayMusic",
+                                                 "reference": "put on the blues"}])
+    left = without_spoken(examples, [spoken, heard])
+    assert [e["text"] for e in left] == ["play some rock music", "add abba to my playlist"]
+    assert without_spoken(examples, []) == examples
+
+
+def test_synth_cli_exclude_everything_is_one_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmapps.cli import app
+
+    data = _manifest(tmp_path / "typed.jsonl", [{"text": "play jazz", "intent": "PlayMusic"}])
+    r = CliRunner().invoke(app, ["assistant", "synth", str(tmp_path / "out"), "--from", str(data),
+                                 "--exclude", str(data)])
+    assert r.exit_code == 2 and r.stderr.count("error:") == 1 and "nothing left" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = CliRunner().invoke(app, ["assistant", "synth", str(tmp_path / "out"), "--from", str(data),
+                                 "--exclude", str(tmp_path / "missing.jsonl")])
+    assert r.exit_code == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
