@@ -145,3 +145,19 @@ def test_audio_shorter_than_a_word_is_refused():
     sf.write(buf, x, 16000, format="WAV")
     with pytest.raises(UserError, match="too short \\(60 ms"):
         decode_audio(buf.getvalue(), "short.wav")
+
+
+def test_out_of_scope_training_set_leaves_out_exactly_the_snips_overlap(shared_data):
+    """CLINC150 intents that a SNIPS intent serves are never trained as `oos` (update_playlist is AddToPlaylist);
+    food requests no SNIPS intent serves (meal suggestions, recipes) are."""
+    from assistant.train import SNIPS_OVERLAP, load_oos
+
+    path = shared_data / "assistant/clinc150/data_train_val.json"
+    clinc = read_clinc(path, ("train", "oos_train"))
+    assert SNIPS_OVERLAP <= {e["intent"] for e in clinc}  # no misspelt name silently excludes nothing
+    texts = {e["intent"]: set() for e in clinc}
+    for e in clinc:
+        texts[e["intent"]].add(e["text"])
+    trained = {e["text"] for e in load_oos(path, limit=None)}
+    assert not trained & texts["update_playlist"] and not trained & texts["weather"]
+    assert texts["meal_suggestion"] <= trained and texts["recipe"] <= trained and texts["oos"] <= trained
