@@ -99,7 +99,7 @@ def test_a_command_is_decoded_in_one_window_and_long_audio_whole(monkeypatch):
     """With word timestamps faster-whisper re-decodes the pause after a short command's last word in a second window
     (a full encoder run that invents "thank you" there); audio that fits one 30 s window is decoded in one, and
     longer audio still in as many as it needs."""
-    from assistant.asr import WhisperRecognizer
+    from assistant.asr import PAD_SECONDS, WhisperRecognizer
     from assistant.io import load_audio
     from mmapps.paths import data_dir
 
@@ -107,10 +107,12 @@ def test_a_command_is_decoded_in_one_window_and_long_audio_whole(monkeypatch):
     calls = []
     tap = rec.model.encode
     inner = tap.encode
-    monkeypatch.setattr(tap, "encode", lambda *a, **k: (calls.append(1), inner(*a, **k))[1])
+    monkeypatch.setattr(tap, "encode", lambda f, *a, **k: (calls.append(f.shape[-1]), inner(f, *a, **k))[1])
     x = load_audio(data_dir() / "assistant/samples/sample2.wav")
     text, words = rec.transcribe(x)
     assert len(calls) == 1 and "boston tomorrow" in text and words[-1]["word"] == "tomorrow"
+    # a command is encoded with PAD_SECONDS of the window's padding, not all 30 s of it (half the time)
+    assert calls == [len(x) // 160 + PAD_SECONDS * 100] and calls[0] < 3000
     assert rec.encoder_states() is not None and not tap.one_window  # the flag never outlives a call
     nbest = rec.nbest()  # the beam's alternatives, its best first, with their posteriors within the beam
     weights = [w for _, w in nbest]
@@ -122,6 +124,7 @@ def test_a_command_is_decoded_in_one_window_and_long_audio_whole(monkeypatch):
     long = np.concatenate([np.concatenate([x, gap])] * 12)  # 12 commands, ~34 s of speech: two windows
     text, _ = rec.transcribe(long)
     assert len(calls) >= 2 and text.endswith("boston tomorrow")  # the last command lies past the first 30 s
+    assert calls[0] == 3000  # longer audio: whole 30 s windows, as Whisper was trained
     assert rec.nbest() == [(text, 1.0)]  # several windows: no alternatives for the whole
 
 
