@@ -176,3 +176,28 @@ def test_models_with_finetuned_layers_are_stored_in_float16_and_load_back():
     assert torch.allclose(p, m.encoders["tokens"].top[0].query.weight, atol=1e-3)
     plain = build_model(ModelConfig(dim=32, word_emb=16, vocab_size=10, n_intents=2, n_tags=len(TAGS))).state_dict()
     assert compact_state(plain) is plain
+
+
+def test_an_utterance_reads_the_same_alone_and_beside_a_longer_one():
+    """The BiGRU runs packed: the batch's padding never reaches an utterance's states (unpacked, the backward
+    direction started in the padding and a batch's longest query moved the others' intents)."""
+    from assistant.models import TokenEncoder
+
+    torch.manual_seed(0)
+    enc = TokenEncoder(vocab_size=50, word_emb=8, out_dim=16, char_dim=4).eval()
+
+    def batch(lengths, width):
+        ids = torch.zeros(len(lengths), width, dtype=torch.long)
+        for b, n in enumerate(lengths):
+            ids[b, :n] = torch.arange(2, 2 + n) + b
+        wvec = torch.randn(len(lengths), width, 384, generator=torch.Generator().manual_seed(1)) * (ids != 0)[..., None]
+        chars = torch.randint(1, 200, (len(lengths), width, 6), generator=torch.Generator().manual_seed(2))
+        return {"ids": ids, "wvec": wvec.half(), "chars": chars * (ids != 0)[..., None]}
+
+    both = batch([3, 12], 12)
+    alone = {k: v[:1, :3] for k, v in both.items()}
+    with torch.no_grad():
+        a, b = enc(alone), enc(both)
+    torch.testing.assert_close(b["pooled"][0], a["pooled"][0])
+    torch.testing.assert_close(b["sequence"][0, :3], a["sequence"][0])
+    assert b["sequence"][0, 3:].abs().max() == 0  # padded positions carry nothing
