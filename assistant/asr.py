@@ -172,7 +172,7 @@ class _EncoderTap:
             features = features[..., :self.frames]
         out = self.encode(features, *args, **kwargs)
         if self.first is None:
-            self.first = np.array(out)[0]  # [1500, 512] float32, a copy off CTranslate2's storage
+            self.first = np.array(out)[0]  # [frames / 2, 512] float32, a copy off CTranslate2's storage
         return out
 
 
@@ -203,8 +203,11 @@ def speech_samples(x: np.ndarray) -> int:
     return sum(c["end"] - c["start"] for c in chunks)
 
 
-def encoder_frames(samples: int) -> int:
-    """The mel frames encoded for ``samples`` of audio in one window: the audio and ``PAD_SECONDS`` of padding."""
+def encoder_frames(samples: int) -> int | None:
+    """The mel frames encoded for ``samples`` of audio that fits one window: the audio and ``PAD_SECONDS`` of
+    padding; None (whole 30 s windows) for longer audio."""
+    if samples > WINDOW_SECONDS * SAMPLE_RATE:
+        return None
     return min(WINDOW_SECONDS * SAMPLE_RATE, samples + PAD_SECONDS * SAMPLE_RATE) // MEL_HOP
 
 
@@ -249,7 +252,7 @@ class WhisperRecognizer:
         # that fits one window that second pass (a full encoder run) only ever sees the trailing pause, where Whisper
         # invents "Hello." or "Thank you."
         tap.one_window = len(x) <= WINDOW_SECONDS * SAMPLE_RATE
-        tap.frames = encoder_frames(len(x)) if tap.one_window else None
+        tap.frames = encoder_frames(len(x))
         # Text tokens only (word times still come from the cross-attention alignment): on synthesized speech the
         # timestamp-free decoding misheard fewer words (WER 0.40 -> 0.385 and 0.25 -> 0.23 on two non-bench sets).
         # Silero VAD (bundled with faster-whisper) first: a tone or noise gives no speech segment instead of a
@@ -333,8 +336,7 @@ def whisper_states(x: np.ndarray) -> np.ndarray | None:
     speech = np.concatenate(collect_chunks(x, chunks)[0])
     feats = model.feature_extractor(speech)
     window = pad_or_trim(feats[:, :min(3000, feats.shape[-1] - 1)])
-    frames = encoder_frames(len(x)) if len(x) <= WINDOW_SECONDS * SAMPLE_RATE else None
-    out = np.array(model.encode.encode(window[:, :frames]))[0]
+    out = np.array(model.encode.encode(window[:, :encoder_frames(len(x))]))[0]
     return out[:state_frames(len(speech))].astype(np.float16)
 
 
