@@ -149,7 +149,8 @@ def test_audio_shorter_than_a_word_is_refused():
 
 def test_out_of_scope_training_set_leaves_out_exactly_the_snips_overlap(shared_data):
     """CLINC150 intents that a SNIPS intent serves are never trained as `oos` (update_playlist is AddToPlaylist);
-    food requests no SNIPS intent serves (meal suggestions, recipes) are."""
+    requests beside the domain that no SNIPS intent serves (meal suggestions, recipes, hotels, cancelling a
+    reservation, the time, the next song) are."""
     from assistant.train import SNIPS_OVERLAP, load_oos
 
     path = shared_data / "assistant/clinc150/data_train_val.json"
@@ -161,3 +162,5 @@ def test_out_of_scope_training_set_leaves_out_exactly_the_snips_overlap(shared_d
     trained = {e["text"] for e in load_oos(path, limit=None)}
     assert not trained & texts["update_playlist"] and not trained & texts["weather"]
     assert texts["meal_suggestion"] <= trained and texts["recipe"] <= trained and texts["oos"] <= trained
+    for near in ("book_hotel", "cancel_reservation", "accept_reservations", "time", "next_song"):
+        assert texts[near] <= trained, near
